@@ -1,0 +1,143 @@
+//! IPv4 prefixes (address/length) as used by interfaces, permission rules and checks.
+//! Parsing accepts "a.b.c.d/len" and a bare address (a /32).
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// An IPv4 prefix. The address keeps its host bits (an interface's own address and
+/// its subnet are one value); [`Ipv4Net::network`] clears them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv4Net {
+    addr: Ipv4Addr,
+    prefix_len: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetParseError {
+    #[error("`{0}` is not an IPv4 address")]
+    BadAddress(String),
+    #[error("prefix length `{0}` is not a number from 0 to 32")]
+    BadPrefix(String),
+}
+
+impl Ipv4Net {
+    /// `None` when `prefix_len > 32`.
+    pub const fn new(addr: Ipv4Addr, prefix_len: u8) -> Option<Ipv4Net> {
+        if prefix_len > 32 {
+            None
+        } else {
+            Some(Ipv4Net { addr, prefix_len })
+        }
+    }
+
+    pub const fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    pub const fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    fn mask(&self) -> u32 {
+        // A shift by 32 overflows, so /0 is spelled out.
+        if self.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix_len))
+        }
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(ip) & self.mask()) == (u32::from(self.addr) & self.mask())
+    }
+
+    /// Two prefixes overlap when one contains the other's network.
+    pub fn overlaps(&self, other: &Ipv4Net) -> bool {
+        self.contains(other.network()) || other.contains(self.network())
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = NetParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| NetParseError::BadAddress(addr.to_string()))?;
+        let prefix_len = match len {
+            None => 32,
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= 32)
+                .ok_or_else(|| NetParseError::BadPrefix(l.to_string()))?,
+        };
+        Ok(Ipv4Net { addr, prefix_len })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("valid prefix")
+    }
+
+    #[test]
+    fn contains_respects_the_prefix() {
+        let n = net("192.168.1.1/24");
+        assert!(n.contains(Ipv4Addr::new(192, 168, 1, 200)));
+        assert!(!n.contains(Ipv4Addr::new(192, 168, 2, 1)));
+        assert_eq!(n.network(), Ipv4Addr::new(192, 168, 1, 0));
+        assert_eq!(n.broadcast(), Ipv4Addr::new(192, 168, 1, 255));
+    }
+
+    #[test]
+    fn zero_prefix_contains_everything_and_bare_address_is_host() {
+        assert!(net("0.0.0.0/0").contains(Ipv4Addr::new(203, 0, 113, 9)));
+        let host = net("10.0.0.5");
+        assert_eq!(host.prefix_len(), 32);
+        assert!(host.contains(Ipv4Addr::new(10, 0, 0, 5)));
+        assert!(!host.contains(Ipv4Addr::new(10, 0, 0, 6)));
+    }
+
+    #[test]
+    fn overlap_is_symmetric_and_exact() {
+        assert!(net("10.0.0.0/8").overlaps(&net("10.1.2.0/24")));
+        assert!(net("10.1.2.0/24").overlaps(&net("10.0.0.0/8")));
+        assert!(!net("10.1.2.0/24").overlaps(&net("10.1.3.0/24")));
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        assert_eq!(
+            "10.0.0.0/33".parse::<Ipv4Net>(),
+            Err(NetParseError::BadPrefix("33".into()))
+        );
+        assert_eq!(
+            "10.0.0/8".parse::<Ipv4Net>(),
+            Err(NetParseError::BadAddress("10.0.0".into()))
+        );
+    }
+}

@@ -1,0 +1,522 @@
+//! The nf_tables messages natwarden sends: our table, chains, sets, rules and set elements,
+//! encoded exactly as `nft` 1.0.6 encodes the equivalent ruleset (checked with `nft --debug=mnl`).
+
+use natwarden_core::firewall::Forward;
+
+use crate::batch::Batch;
+use crate::netlink::{Builder, NLM_F_APPEND, NLM_F_CREATE};
+use crate::FirewallError;
+
+// Message types (low byte; the batch adds the subsystem).
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+
+const NFPROTO_INET: u8 = 1;
+const NFPROTO_IPV4: u8 = 2;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_IN: u32 = 1;
+const NF_INET_FORWARD: u32 = 2;
+const NF_DROP: u32 = 0;
+const NF_ACCEPT: u32 = 1;
+
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_DATA_TYPE: u16 = 6;
+const NFTA_SET_DATA_LEN: u16 = 7;
+const NFTA_SET_ID: u16 = 10;
+const NFT_SET_MAP: u32 = 0x8;
+
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+
+// Registers: 0 is the verdict, 1 the first 16-byte register, 8.. the 4-byte ones
+// (NFT_REG_1 overlaps NFT_REG32_00..03), as nft allocates them.
+const NFT_REG_VERDICT: u32 = 0;
+const NFT_REG_1: u32 = 1;
+const NFT_REG32_01: u32 = 9;
+const NFT_REG32_02: u32 = 10;
+
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFT_META_IIFNAME: u32 = 6;
+const NFT_META_NFPROTO: u32 = 15;
+const NFT_META_L4PROTO: u32 = 16;
+
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFT_CMP_EQ: u32 = 0;
+const NFT_CMP_NEQ: u32 = 1;
+
+const NFTA_PAYLOAD_DREG: u16 = 1;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+
+const NFTA_LOOKUP_SET: u16 = 1;
+const NFTA_LOOKUP_SREG: u16 = 2;
+const NFTA_LOOKUP_DREG: u16 = 3;
+const NFTA_LOOKUP_SET_ID: u16 = 4;
+
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFTA_NAT_FLAGS: u16 = 7;
+const NFT_NAT_DNAT: u32 = 1;
+const NF_NAT_RANGE_MAP_IPS: u32 = 1;
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFT_CT_STATUS: u32 = 2;
+const IPS_DST_NAT: u32 = 1 << 5;
+
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+
+// nft's user-space datatype ids; a concatenation is (t1 << 6) | t2 ..., so `nft list`
+// knows how to print our keys.
+const TYPE_BITS: u32 = 6;
+const TYPE_IPADDR: u32 = 7;
+const TYPE_INET_PROTOCOL: u32 = 12;
+const TYPE_INET_SERVICE: u32 = 13;
+
+/// NAT-PMP (5351) and the old multicast announcement port (5350): never from the WAN.
+const NATPMP_PORTS: [u16; 2] = [5350, 5351];
+
+/// A nested attribute's length is 16 bits; the largest element (fwd4) takes 36 bytes,
+/// so 1024 per message stays well below 64 KiB.
+pub const ELEMENTS_PER_MESSAGE: usize = 1024;
+
+pub const FWD4: &str = "fwd4";
+pub const ALLOW4: &str = "allow4";
+const FWD4_ID: u32 = 1;
+const ALLOW4_ID: u32 = 2;
+
+const IFNAMSIZ: usize = 16;
+
+/// Which of our two sets, and (inside the batch that creates it) its transaction id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Set {
+    Fwd4,
+    Allow4,
+}
+
+impl Set {
+    pub fn name(self) -> &'static str {
+        match self {
+            Set::Fwd4 => FWD4,
+            Set::Allow4 => ALLOW4,
+        }
+    }
+
+    fn id(self) -> u32 {
+        match self {
+            Set::Fwd4 => FWD4_ID,
+            Set::Allow4 => ALLOW4_ID,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Add,
+    Delete,
+}
+
+/// Table name: what `nft` accepts as an identifier, so the table can be listed by hand.
+pub fn check_table_name(name: &str) -> Result<(), FirewallError> {
+    let ok = !name.is_empty()
+        && name.len() < 256
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(FirewallError::InvalidName(name.to_owned()))
+    }
+}
+
+/// Interface name as the kernel allows it (dev_valid_name), padded as iifname compares it.
+pub fn ifname_bytes(name: &str) -> Result<[u8; IFNAMSIZ], FirewallError> {
+    let ok = !name.is_empty()
+        && name.len() < IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if !ok {
+        return Err(FirewallError::InvalidName(name.to_owned()));
+    }
+    let mut out = [0u8; IFNAMSIZ];
+    out[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(out)
+}
+
+/// (proto . external port): each field padded to 4 bytes, port in network order.
+pub fn fwd4_key(f: &Forward) -> [u8; 8] {
+    let p = f.external_port.to_be_bytes();
+    [f.protocol.ip_number(), 0, 0, 0, p[0], p[1], 0, 0]
+}
+
+/// (internal addr . internal port).
+pub fn fwd4_data(f: &Forward) -> [u8; 8] {
+    let a = f.internal.ip().octets();
+    let p = f.internal.port().to_be_bytes();
+    [a[0], a[1], a[2], a[3], p[0], p[1], 0, 0]
+}
+
+/// (internal addr . proto . internal port).
+pub fn allow4_key(f: &Forward) -> [u8; 12] {
+    let a = f.internal.ip().octets();
+    let p = f.internal.port().to_be_bytes();
+    let proto = f.protocol.ip_number();
+    [a[0], a[1], a[2], a[3], proto, 0, 0, 0, p[0], p[1], 0, 0]
+}
+
+/// The whole ruleset as one transaction. Creating the table before deleting it makes
+/// the delete succeed whether or not a previous run left one, and the delete takes
+/// every leftover chain, set and element with it in the same commit.
+pub fn install(batch: &mut Batch, table: &str, ext_if: &[u8; IFNAMSIZ], forwards: &[Forward]) {
+    new_table(batch, table, false);
+    del_table(batch, table);
+    new_table(batch, table, true);
+    chain(batch, table, "prerouting", "nat", NF_INET_PRE_ROUTING, -100);
+    chain(batch, table, "forward", "filter", NF_INET_FORWARD, 0);
+    chain(batch, table, "input", "filter", NF_INET_LOCAL_IN, -10);
+    set(batch, table, Set::Fwd4);
+    set(batch, table, Set::Allow4);
+    rule(batch, table, "prerouting", |b| dnat_rule(b, ext_if));
+    rule(batch, table, "forward", |b| forward_rule(b, ext_if));
+    for port in NATPMP_PORTS {
+        rule(batch, table, "input", |b| input_drop_rule(b, ext_if, port));
+    }
+    let items: Vec<(usize, Forward)> = forwards.iter().copied().enumerate().collect();
+    elements(batch, table, Set::Fwd4, Op::Add, true, &items);
+    elements(batch, table, Set::Allow4, Op::Add, true, &items);
+}
+
+/// Deletes the table; the preceding create makes this succeed when it does not exist.
+pub fn remove(batch: &mut Batch, table: &str) {
+    new_table(batch, table, false);
+    del_table(batch, table);
+}
+
+fn new_table(batch: &mut Batch, table: &str, with_flags: bool) {
+    batch.add(
+        NFT_MSG_NEWTABLE,
+        NLM_F_CREATE,
+        NFPROTO_INET,
+        format!("NEWTABLE {table}"),
+        |b| {
+            b.attr_str(NFTA_TABLE_NAME, table);
+            if with_flags {
+                b.attr_be32(NFTA_TABLE_FLAGS, 0);
+            }
+        },
+    );
+}
+
+fn del_table(batch: &mut Batch, table: &str) {
+    batch.add(
+        NFT_MSG_DELTABLE,
+        0,
+        NFPROTO_INET,
+        format!("DELTABLE {table}"),
+        |b| b.attr_str(NFTA_TABLE_NAME, table),
+    );
+}
+
+fn chain(batch: &mut Batch, table: &str, name: &str, ty: &str, hook: u32, prio: i32) {
+    batch.add(
+        NFT_MSG_NEWCHAIN,
+        NLM_F_CREATE,
+        NFPROTO_INET,
+        format!("NEWCHAIN {name}"),
+        |b| {
+            b.attr_str(NFTA_CHAIN_TABLE, table);
+            b.attr_str(NFTA_CHAIN_NAME, name);
+            b.attr_str(NFTA_CHAIN_TYPE, ty);
+            b.attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+            b.nest(NFTA_CHAIN_HOOK, |b| {
+                b.attr_be32(NFTA_HOOK_HOOKNUM, hook);
+                b.attr(NFTA_HOOK_PRIORITY, &prio.to_be_bytes());
+            });
+        },
+    );
+}
+
+fn set(batch: &mut Batch, table: &str, set: Set) {
+    batch.add(
+        NFT_MSG_NEWSET,
+        NLM_F_CREATE,
+        NFPROTO_INET,
+        format!("NEWSET {}", set.name()),
+        |b| {
+            b.attr_str(NFTA_SET_TABLE, table);
+            b.attr_str(NFTA_SET_NAME, set.name());
+            match set {
+                Set::Fwd4 => {
+                    b.attr_be32(NFTA_SET_FLAGS, NFT_SET_MAP);
+                    b.attr_be32(
+                        NFTA_SET_KEY_TYPE,
+                        TYPE_INET_PROTOCOL << TYPE_BITS | TYPE_INET_SERVICE,
+                    );
+                    b.attr_be32(NFTA_SET_KEY_LEN, 8);
+                    b.attr_be32(
+                        NFTA_SET_DATA_TYPE,
+                        TYPE_IPADDR << TYPE_BITS | TYPE_INET_SERVICE,
+                    );
+                    b.attr_be32(NFTA_SET_DATA_LEN, 8);
+                }
+                Set::Allow4 => {
+                    b.attr_be32(NFTA_SET_FLAGS, 0);
+                    b.attr_be32(
+                        NFTA_SET_KEY_TYPE,
+                        (TYPE_IPADDR << TYPE_BITS | TYPE_INET_PROTOCOL) << TYPE_BITS
+                            | TYPE_INET_SERVICE,
+                    );
+                    b.attr_be32(NFTA_SET_KEY_LEN, 12);
+                }
+            }
+            b.attr_be32(NFTA_SET_ID, set.id());
+        },
+    );
+}
+
+fn rule(batch: &mut Batch, table: &str, chain: &str, exprs: impl FnOnce(&mut Builder)) {
+    batch.add(
+        NFT_MSG_NEWRULE,
+        NLM_F_CREATE | NLM_F_APPEND,
+        NFPROTO_INET,
+        format!("NEWRULE {chain}"),
+        |b| {
+            b.attr_str(NFTA_RULE_TABLE, table);
+            b.attr_str(NFTA_RULE_CHAIN, chain);
+            b.nest(NFTA_RULE_EXPRESSIONS, exprs);
+        },
+    );
+}
+
+/// iifname EXT meta nfproto ipv4 dnat ip to meta l4proto . th dport map @fwd4
+fn dnat_rule(b: &mut Builder, ext_if: &[u8; IFNAMSIZ]) {
+    iifname_is(b, ext_if);
+    meta(b, NFT_META_NFPROTO, NFT_REG_1);
+    cmp(b, NFT_CMP_EQ, &[NFPROTO_IPV4]);
+    meta(b, NFT_META_L4PROTO, NFT_REG_1);
+    payload(b, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, NFT_REG32_01);
+    // The map turns (proto . port) in reg 1 into (addr . port) over reg 1 and reg32_01.
+    lookup(b, Set::Fwd4, Some(NFT_REG_1));
+    expr(b, "nat", |b| {
+        b.attr_be32(NFTA_NAT_TYPE, NFT_NAT_DNAT);
+        b.attr_be32(NFTA_NAT_FAMILY, u32::from(NFPROTO_IPV4));
+        b.attr_be32(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1);
+        b.attr_be32(NFTA_NAT_REG_PROTO_MIN, NFT_REG32_01);
+        // The kernel derives these from the registers given; explicit, they say what we mean.
+        b.attr_be32(
+            NFTA_NAT_FLAGS,
+            NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED,
+        );
+    });
+}
+
+/// iifname EXT ct status dnat ip daddr . meta l4proto . th dport @allow4 accept
+/// (`ip daddr` in an inet table brings nft's implicit `meta nfproto ipv4`).
+fn forward_rule(b: &mut Builder, ext_if: &[u8; IFNAMSIZ]) {
+    iifname_is(b, ext_if);
+    expr(b, "ct", |b| {
+        b.attr_be32(NFTA_CT_KEY, NFT_CT_STATUS);
+        b.attr_be32(NFTA_CT_DREG, NFT_REG_1);
+    });
+    // ct status is a host-order word in the register, so mask and xor are host order.
+    expr(b, "bitwise", |b| {
+        b.attr_be32(NFTA_BITWISE_SREG, NFT_REG_1);
+        b.attr_be32(NFTA_BITWISE_DREG, NFT_REG_1);
+        b.attr_be32(NFTA_BITWISE_LEN, 4);
+        b.nest(NFTA_BITWISE_MASK, |b| {
+            b.attr(NFTA_DATA_VALUE, &IPS_DST_NAT.to_ne_bytes())
+        });
+        b.nest(NFTA_BITWISE_XOR, |b| b.attr(NFTA_DATA_VALUE, &[0; 4]));
+    });
+    cmp(b, NFT_CMP_NEQ, &[0; 4]);
+    meta(b, NFT_META_NFPROTO, NFT_REG_1);
+    cmp(b, NFT_CMP_EQ, &[NFPROTO_IPV4]);
+    payload(b, NFT_PAYLOAD_NETWORK_HEADER, 16, 4, NFT_REG_1);
+    meta(b, NFT_META_L4PROTO, NFT_REG32_01);
+    payload(b, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, NFT_REG32_02);
+    lookup(b, Set::Allow4, None);
+    verdict(b, NF_ACCEPT);
+}
+
+/// iifname EXT udp dport PORT drop
+fn input_drop_rule(b: &mut Builder, ext_if: &[u8; IFNAMSIZ], port: u16) {
+    iifname_is(b, ext_if);
+    meta(b, NFT_META_L4PROTO, NFT_REG_1);
+    cmp(b, NFT_CMP_EQ, &[libc::IPPROTO_UDP as u8]);
+    payload(b, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, NFT_REG_1);
+    cmp(b, NFT_CMP_EQ, &port.to_be_bytes());
+    verdict(b, NF_DROP);
+}
+
+fn expr(b: &mut Builder, name: &str, data: impl FnOnce(&mut Builder)) {
+    b.nest(NFTA_LIST_ELEM, |b| {
+        b.attr_str(NFTA_EXPR_NAME, name);
+        b.nest(NFTA_EXPR_DATA, data);
+    });
+}
+
+fn iifname_is(b: &mut Builder, ext_if: &[u8; IFNAMSIZ]) {
+    meta(b, NFT_META_IIFNAME, NFT_REG_1);
+    cmp(b, NFT_CMP_EQ, ext_if);
+}
+
+fn meta(b: &mut Builder, key: u32, dreg: u32) {
+    expr(b, "meta", |b| {
+        b.attr_be32(NFTA_META_KEY, key);
+        b.attr_be32(NFTA_META_DREG, dreg);
+    });
+}
+
+/// Compares register 1 (the only one our rules compare) with `data`.
+fn cmp(b: &mut Builder, op: u32, data: &[u8]) {
+    expr(b, "cmp", |b| {
+        b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
+        b.attr_be32(NFTA_CMP_OP, op);
+        b.nest(NFTA_CMP_DATA, |b| b.attr(NFTA_DATA_VALUE, data));
+    });
+}
+
+fn payload(b: &mut Builder, base: u32, offset: u32, len: u32, dreg: u32) {
+    expr(b, "payload", |b| {
+        b.attr_be32(NFTA_PAYLOAD_DREG, dreg);
+        b.attr_be32(NFTA_PAYLOAD_BASE, base);
+        b.attr_be32(NFTA_PAYLOAD_OFFSET, offset);
+        b.attr_be32(NFTA_PAYLOAD_LEN, len);
+    });
+}
+
+/// Looks up the key starting in register 1; the set is created in the same batch, so
+/// it is named and identified by its transaction id.
+fn lookup(b: &mut Builder, set: Set, dreg: Option<u32>) {
+    expr(b, "lookup", |b| {
+        b.attr_be32(NFTA_LOOKUP_SREG, NFT_REG_1);
+        if let Some(d) = dreg {
+            b.attr_be32(NFTA_LOOKUP_DREG, d);
+        }
+        b.attr_str(NFTA_LOOKUP_SET, set.name());
+        b.attr_be32(NFTA_LOOKUP_SET_ID, set.id());
+    });
+}
+
+fn verdict(b: &mut Builder, code: u32) {
+    expr(b, "immediate", |b| {
+        b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+        b.nest(NFTA_IMMEDIATE_DATA, |b| {
+            b.nest(NFTA_DATA_VERDICT, |b| b.attr_be32(NFTA_VERDICT_CODE, code))
+        });
+    });
+}
+
+/// Adds or deletes the elements of `items` (caller index, forward) in one set, split
+/// into messages that fit a nested attribute. `same_batch_set` adds the set's
+/// transaction id, needed when the set is created by this very batch.
+pub fn elements(
+    batch: &mut Batch,
+    table: &str,
+    set: Set,
+    op: Op,
+    same_batch_set: bool,
+    items: &[(usize, Forward)],
+) {
+    let (msg, flags, verb) = match op {
+        // No NLM_F_EXCL: re-adding an identical element is a no-op, a clashing one still fails.
+        Op::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE, "NEWSETELEM"),
+        Op::Delete => (NFT_MSG_DELSETELEM, 0, "DELSETELEM"),
+    };
+    for chunk in items.chunks(ELEMENTS_PER_MESSAGE) {
+        batch.add(
+            msg,
+            flags,
+            NFPROTO_INET,
+            format!("{verb} {}", set.name()),
+            |b| {
+                b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+                b.attr_str(NFTA_SET_ELEM_LIST_SET, set.name());
+                if same_batch_set {
+                    b.attr_be32(NFTA_SET_ELEM_LIST_SET_ID, set.id());
+                }
+                b.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+                    for (idx, f) in chunk {
+                        b.mark(*idx);
+                        element(b, set, op, f);
+                    }
+                });
+            },
+        );
+    }
+}
+
+fn element(b: &mut Builder, set: Set, op: Op, f: &Forward) {
+    b.nest(NFTA_LIST_ELEM, |b| match set {
+        Set::Fwd4 => {
+            b.nest(NFTA_SET_ELEM_KEY, |b| b.attr(NFTA_DATA_VALUE, &fwd4_key(f)));
+            // Deletion goes by key; the data is only needed to add.
+            if op == Op::Add {
+                b.nest(NFTA_SET_ELEM_DATA, |b| {
+                    b.attr(NFTA_DATA_VALUE, &fwd4_data(f))
+                });
+            }
+        }
+        Set::Allow4 => b.nest(NFTA_SET_ELEM_KEY, |b| {
+            b.attr(NFTA_DATA_VALUE, &allow4_key(f))
+        }),
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -269,9 +269,7 @@ impl Gateway {
                     },
                 })
             }
-            Request::Map(req) => {
-                natpmp::Response::Map(self.map(now, client, req, epoch, changes))
-            }
+            Request::Map(req) => natpmp::Response::Map(self.map(now, client, req, epoch, changes)),
         };
         Verdict::Reply(response.emit(reply))
     }
@@ -448,7 +446,9 @@ impl Gateway {
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.table.next_expiry(),
-            self.announcer.next.filter(|_| self.external_address.is_some()),
+            self.announcer
+                .next
+                .filter(|_| self.external_address.is_some()),
             // Housekeeping only matters while clients are tracked.
             Some(self.next_prune).filter(|_| self.limiter.tracked() > 0),
         ]

@@ -212,7 +212,13 @@ mod tests {
 
     #[test]
     fn port_range_parses_single_and_span_and_rejects_reversed() {
-        assert_eq!("80".parse(), Ok(PortRange { first: 80, last: 80 }));
+        assert_eq!(
+            "80".parse(),
+            Ok(PortRange {
+                first: 80,
+                last: 80
+            })
+        );
         assert_eq!(
             "1024-2048".parse(),
             Ok(PortRange {
@@ -239,7 +245,12 @@ mod tests {
     #[test]
     fn no_match_denies() {
         let mut p = Policy::new(vec![lan()], 1);
-        p.rules = vec![rule(Action::Allow, "2000-3000", "192.168.1.0/24", "0-65535")];
+        p.rules = vec![rule(
+            Action::Allow,
+            "2000-3000",
+            "192.168.1.0/24",
+            "0-65535",
+        )];
         let perms = Permissions::new(&p);
         assert!(!perms.allows(4000, Ipv4Addr::new(192, 168, 1, 5), 4000));
         assert!(perms.allows(2500, Ipv4Addr::new(192, 168, 1, 5), 4000));

@@ -44,7 +44,9 @@ impl RateLimiter {
             last: now,
         });
         let elapsed_ms = now.saturating_duration_since(b.last).as_millis();
-        let refill = u64::try_from(elapsed_ms).unwrap_or(u64::MAX).saturating_mul(rate);
+        let refill = u64::try_from(elapsed_ms)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(rate);
         b.milli_tokens = b.milli_tokens.saturating_add(refill).min(cap);
         b.last = now;
         if b.milli_tokens >= 1000 {
@@ -78,7 +80,10 @@ mod tests {
         assert!((0..5).all(|_| rl.allow(t0, c)));
         assert!(!rl.allow(t0, c), "sixth request in the same instant");
         assert!(!rl.allow(t0 + Duration::from_millis(150), c));
-        assert!(rl.allow(t0 + Duration::from_millis(200), c), "one token per 200 ms");
+        assert!(
+            rl.allow(t0 + Duration::from_millis(200), c),
+            "one token per 200 ms"
+        );
         // Another client is not affected.
         assert!(rl.allow(t0, Ipv4Addr::new(192, 168, 1, 6)));
     }

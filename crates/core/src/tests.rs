@@ -92,7 +92,14 @@ impl Harness {
             .map(|bytes| Response::parse(&bytes).expect("the gateway emits valid responses"))
     }
 
-    fn map_from(&mut self, client: Ipv4Addr, protocol: Protocol, int: u16, sugg: u16, life: u32) -> Response {
+    fn map_from(
+        &mut self,
+        client: Ipv4Addr,
+        protocol: Protocol,
+        int: u16,
+        sugg: u16,
+        life: u32,
+    ) -> Response {
         self.send(
             lan(client),
             Request::Map(MapRequest {
@@ -150,7 +157,10 @@ fn cert_information_disclosure_external_address_request_from_wan_is_silent() {
         source: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 9), 5555),
         destination: EXT,
     };
-    assert_eq!(h.send_raw(wan, &ADDR_REQ), Err(DropReason::ExternalInterface));
+    assert_eq!(
+        h.send_raw(wan, &ADDR_REQ),
+        Err(DropReason::ExternalInterface)
+    );
     assert_eq!(h.gw.stats().drops_for(DropReason::ExternalInterface), 1);
 }
 
@@ -164,8 +174,14 @@ fn cert_wan_request_aimed_at_the_lan_address_through_the_wan_link_is_silent() {
         source: SocketAddrV4::new(HOST, 5555),
         destination: GW_LAN,
     };
-    assert_eq!(h.send_raw(wan, &MAP_TCP_8080), Err(DropReason::ExternalInterface));
-    assert_eq!(h.send_raw(wan, &ADDR_REQ), Err(DropReason::ExternalInterface));
+    assert_eq!(
+        h.send_raw(wan, &MAP_TCP_8080),
+        Err(DropReason::ExternalInterface)
+    );
+    assert_eq!(
+        h.send_raw(wan, &ADDR_REQ),
+        Err(DropReason::ExternalInterface)
+    );
     assert!(h.kernel.is_empty());
 }
 
@@ -190,7 +206,10 @@ fn cert_request_addressed_to_the_external_address_from_inside_is_silent() {
         destination: EXT,
         ..lan(HOST)
     };
-    assert_eq!(h.send_raw(ing, &MAP_TCP_8080), Err(DropReason::NotToInternalAddress));
+    assert_eq!(
+        h.send_raw(ing, &MAP_TCP_8080),
+        Err(DropReason::NotToInternalAddress)
+    );
 }
 
 #[test]
@@ -200,19 +219,31 @@ fn cert_mapping_for_another_address_is_impossible_spoofed_source_outside_subnet(
         source: SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 40000),
         ..lan(HOST)
     };
-    assert_eq!(h.send_raw(spoofed, &MAP_TCP_8080), Err(DropReason::ClientNotAllowed));
+    assert_eq!(
+        h.send_raw(spoofed, &MAP_TCP_8080),
+        Err(DropReason::ClientNotAllowed)
+    );
     assert!(h.kernel.is_empty());
 }
 
 #[test]
 fn cert_dos_against_host_services_mapping_may_never_target_the_gateway() {
     let mut h = Harness::new(policy());
-    for own in [GW_LAN, EXT, Ipv4Addr::new(192, 168, 1, 0), Ipv4Addr::new(192, 168, 1, 255)] {
+    for own in [
+        GW_LAN,
+        EXT,
+        Ipv4Addr::new(192, 168, 1, 0),
+        Ipv4Addr::new(192, 168, 1, 255),
+    ] {
         let ing = Ingress {
             source: SocketAddrV4::new(own, 40000),
             ..lan(HOST)
         };
-        assert_eq!(h.send_raw(ing, &MAP_TCP_8080), Err(DropReason::ClientNotAllowed), "{own}");
+        assert_eq!(
+            h.send_raw(ing, &MAP_TCP_8080),
+            Err(DropReason::ClientNotAllowed),
+            "{own}"
+        );
     }
     assert!(h.kernel.is_empty());
 }
@@ -224,12 +255,18 @@ fn datagrams_on_an_unknown_interface_or_to_multicast_are_dropped() {
         interface: OTHER_IF,
         ..lan(HOST)
     };
-    assert_eq!(h.send_raw(other, &ADDR_REQ), Err(DropReason::NotInternalInterface));
+    assert_eq!(
+        h.send_raw(other, &ADDR_REQ),
+        Err(DropReason::NotInternalInterface)
+    );
     let mcast = Ingress {
         destination: Ipv4Addr::new(224, 0, 0, 1),
         ..lan(HOST)
     };
-    assert_eq!(h.send_raw(mcast, &ADDR_REQ), Err(DropReason::NotToInternalAddress));
+    assert_eq!(
+        h.send_raw(mcast, &ADDR_REQ),
+        Err(DropReason::NotToInternalAddress)
+    );
 }
 
 #[test]
@@ -278,7 +315,10 @@ fn rfc6886_3_5_unsupported_version_gets_result_1() {
     let mut h = Harness::new(policy());
     for version in [1u8, 2, 255] {
         let reply = h.send_raw(lan(HOST), &[version, 0]).expect("answered");
-        assert_eq!(Response::parse(&reply), Ok(Response::UnsupportedVersion { epoch: 0 }));
+        assert_eq!(
+            Response::parse(&reply),
+            Ok(Response::UnsupportedVersion { epoch: 0 })
+        );
         assert_eq!(&reply[2..4], &[0, 1]);
     }
 }
@@ -295,10 +335,16 @@ fn rfc6886_3_5_unsupported_opcode_echoes_request_with_result_5() {
 #[test]
 fn rfc6886_3_5_responses_and_short_packets_are_ignored() {
     let mut h = Harness::new(policy());
-    assert_eq!(h.send_raw(lan(HOST), &[0, 128, 0, 0]), Err(DropReason::NotARequest));
+    assert_eq!(
+        h.send_raw(lan(HOST), &[0, 128, 0, 0]),
+        Err(DropReason::NotARequest)
+    );
     assert_eq!(h.send_raw(lan(HOST), &[]), Err(DropReason::Malformed));
     assert_eq!(h.send_raw(lan(HOST), &[0]), Err(DropReason::Malformed));
-    assert_eq!(h.send_raw(lan(HOST), &MAP_TCP_8080[..11]), Err(DropReason::Malformed));
+    assert_eq!(
+        h.send_raw(lan(HOST), &MAP_TCP_8080[..11]),
+        Err(DropReason::Malformed)
+    );
     let mut long = MAP_TCP_8080.to_vec();
     long.push(0);
     assert_eq!(h.send_raw(lan(HOST), &long), Err(DropReason::Malformed));
@@ -309,7 +355,10 @@ fn rfc6886_3_5_responses_and_short_packets_are_ignored() {
 fn rfc6886_3_3_suggested_port_honoured_when_free() {
     let mut h = Harness::new(policy());
     assert_eq!(h.map(8080, 9090, 7200), (ResultCode::SUCCESS, 9090, 7200));
-    assert_eq!(h.kernel, BTreeSet::from([fwd(HOST, Protocol::Tcp, 8080, 9090)]));
+    assert_eq!(
+        h.kernel,
+        BTreeSet::from([fwd(HOST, Protocol::Tcp, 8080, 9090)])
+    );
     assert_eq!(h.forwards(), h.kernel);
 }
 
@@ -431,7 +480,10 @@ fn per_client_quota_gives_out_of_resources() {
     let mut h = Harness::new(p);
     assert_eq!(h.map(8080, 8080, 7200).0, ResultCode::SUCCESS);
     assert_eq!(h.map(8081, 8081, 7200).0, ResultCode::SUCCESS);
-    assert_eq!(h.map(8082, 8082, 7200), (ResultCode::OUT_OF_RESOURCES, 0, 0));
+    assert_eq!(
+        h.map(8082, 8082, 7200),
+        (ResultCode::OUT_OF_RESOURCES, 0, 0)
+    );
     // Renewing an existing one is still allowed, and another host has its own quota.
     assert_eq!(h.map(8080, 8080, 7200).0, ResultCode::SUCCESS);
     match h.map_from(HOST2, Protocol::Tcp, 8082, 8082, 7200) {
@@ -454,7 +506,10 @@ fn exhausted_port_range_gives_out_of_resources() {
         Response::Map(m) => assert_eq!((m.result, m.external_port), (ResultCode::SUCCESS, 5000)),
         other => panic!("{other:?}"),
     }
-    assert_eq!(h.map(8080, 5000, 7200), (ResultCode::OUT_OF_RESOURCES, 0, 0));
+    assert_eq!(
+        h.map(8080, 5000, 7200),
+        (ResultCode::OUT_OF_RESOURCES, 0, 0)
+    );
 }
 
 #[test]
@@ -502,7 +557,10 @@ fn rate_limit_drops_a_flooding_client_but_not_its_neighbour() {
     for _ in 0..3 {
         assert!(h.send_raw(lan(HOST), &ADDR_REQ).is_ok());
     }
-    assert_eq!(h.send_raw(lan(HOST), &ADDR_REQ), Err(DropReason::RateLimited));
+    assert_eq!(
+        h.send_raw(lan(HOST), &ADDR_REQ),
+        Err(DropReason::RateLimited)
+    );
     assert!(h.send_raw(lan(HOST2), &ADDR_REQ).is_ok());
     h.now += Duration::from_secs(1);
     assert!(h.send_raw(lan(HOST), &ADDR_REQ).is_ok());
@@ -562,7 +620,10 @@ fn address_change_resets_epoch_and_announces_again() {
     assert!(h.gw.poll_announcement(h.now, &mut buf).is_some());
     // Losing the address stops announcements until it returns.
     h.gw.set_external_address(h.now, None);
-    assert_eq!(h.gw.poll_announcement(h.now + Duration::from_secs(1), &mut buf), None);
+    assert_eq!(
+        h.gw.poll_announcement(h.now + Duration::from_secs(1), &mut buf),
+        None
+    );
 }
 
 #[test]
@@ -578,7 +639,13 @@ fn reset_forgets_every_mapping_and_starts_a_new_epoch() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Map { host: u8, tcp: bool, int: u16, sugg: u16, life: u32 },
+    Map {
+        host: u8,
+        tcp: bool,
+        int: u16,
+        sugg: u16,
+        life: u32,
+    },
     Advance(u16),
 }
 

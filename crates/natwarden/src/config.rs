@@ -1,0 +1,644 @@
+//! The TOML config file and its validation into safe, typed settings.
+//! Validation is pure (it takes the kernel's view of the interfaces as input), so every
+//! refusal of an unsafe layout is unit-tested without touching the machine.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use natwarden_core::{Action, InternalInterface, Ipv4Net, Policy, PortRange, Rule};
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/natwarden/natwarden.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub interfaces: InterfacesConfig,
+    #[serde(default)]
+    pub mappings: MappingsConfig,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub firewall: FirewallConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfacesConfig {
+    pub external: String,
+    pub internal: Vec<String>,
+    pub external_address: Option<Ipv4Addr>,
+    /// Addresses to serve on; default: the address of every internal interface.
+    #[serde(default)]
+    pub listen_addresses: Vec<Ipv4Addr>,
+    /// Client ranges allowed beyond the internal subnets (routed LANs).
+    #[serde(default)]
+    pub allowed_client_ranges: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MappingsConfig {
+    pub min_lifetime: u32,
+    pub max_lifetime: u32,
+    pub max_per_client: u32,
+    pub requests_per_second_per_client: u32,
+}
+
+impl Default for MappingsConfig {
+    fn default() -> Self {
+        MappingsConfig {
+            min_lifetime: 120,
+            max_lifetime: 86400,
+            max_per_client: 128,
+            requests_per_second_per_client: 20,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub action: String,
+    pub external_ports: String,
+    pub internal_addresses: String,
+    pub internal_ports: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Nftables,
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallConfig {
+    pub backend: BackendKind,
+    pub table: String,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            backend: BackendKind::Nftables,
+            table: "natwarden".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub file: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            file: PathBuf::from("/var/lib/natwarden/state.json"),
+        }
+    }
+}
+
+/// One interface as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceFacts {
+    pub name: String,
+    pub index: u32,
+    pub addresses: Vec<Ipv4Net>,
+}
+
+/// The kernel's view that validation needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SystemFacts {
+    pub interfaces: Vec<InterfaceFacts>,
+    /// Interface indexes carrying an IPv4 default route.
+    pub default_route_interfaces: Vec<u32>,
+}
+
+impl SystemFacts {
+    fn interface(&self, name: &str) -> Option<&InterfaceFacts> {
+        self.interfaces.iter().find(|i| i.name == name)
+    }
+}
+
+/// Validated settings: safe by construction.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policy: Policy,
+    pub external_interface: String,
+    pub external_address: Option<Ipv4Addr>,
+    pub backend: BackendKind,
+    pub table: String,
+    /// Where mappings will be persisted (read by the state-file work; parsed and kept now
+    /// so configs written today stay valid).
+    #[allow(dead_code)]
+    pub state_file: PathBuf,
+    pub warnings: Vec<String>,
+}
+
+/// One reason a config is refused: the key at fault, what is wrong, how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}; fix: {}", self.key, self.message, self.fix)
+    }
+}
+
+pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    parse(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
+    Ok(toml::from_str(text)?)
+}
+
+fn problem(key: &str, message: impl Into<String>, fix: impl Into<String>) -> Problem {
+    Problem {
+        key: key.into(),
+        message: message.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Checks the config against the machine and refuses every layout that would let the
+/// WAN side in (CERT VU#184540). All problems are reported at once.
+pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let ifs = &cfg.interfaces;
+
+    let external = facts.interface(&ifs.external);
+    if external.is_none() {
+        problems.push(problem(
+            "interfaces.external",
+            format!("interface `{}` does not exist", ifs.external),
+            "name the WAN interface as `ip link` shows it",
+        ));
+    }
+    let external_nets: Vec<Ipv4Net> = external.map(|e| e.addresses.clone()).unwrap_or_default();
+    let external_address = ifs
+        .external_address
+        .or_else(|| external_nets.first().map(|n| n.addr()));
+    if external.is_some() && external_address.is_none() {
+        warnings.push(format!(
+            "interfaces.external: `{}` has no IPv4 address yet; requests get \"network failure\" until it has one",
+            ifs.external
+        ));
+    }
+
+    if ifs.internal.is_empty() {
+        problems.push(problem(
+            "interfaces.internal",
+            "no internal interface is listed",
+            "list the LAN interface(s), e.g. internal = [\"br-lan\"]",
+        ));
+    }
+    let mut internal = Vec::new();
+    for (i, name) in ifs.internal.iter().enumerate() {
+        let key = format!("interfaces.internal[{i}]");
+        if ifs.internal[..i].contains(name) {
+            problems.push(problem(
+                &key,
+                format!("`{name}` is listed twice"),
+                "list each interface once",
+            ));
+            continue;
+        }
+        if *name == ifs.external {
+            problems.push(problem(
+                &key,
+                format!("`{name}` is also the external interface"),
+                "the internal and external interfaces must differ: swap them if they are the wrong way round",
+            ));
+            continue;
+        }
+        let Some(iface) = facts.interface(name) else {
+            problems.push(problem(
+                &key,
+                format!("interface `{name}` does not exist"),
+                "name a LAN interface as `ip link` shows it",
+            ));
+            continue;
+        };
+        if facts.default_route_interfaces.contains(&iface.index) {
+            problems.push(problem(
+                &key,
+                format!("`{name}` carries the default route, so it faces the Internet"),
+                "list the WAN interface under interfaces.external, not here",
+            ));
+        }
+        if let Some(ext) = external_address {
+            if iface.addresses.iter().any(|n| n.addr() == ext) {
+                problems.push(problem(
+                    &key,
+                    format!("`{name}` holds the external address {ext}"),
+                    "the interface holding the external address is the WAN side: list it under interfaces.external",
+                ));
+            }
+        }
+        let Some(own) = iface.addresses.first().copied() else {
+            problems.push(problem(
+                &key,
+                format!("`{name}` has no IPv4 address"),
+                "give the LAN interface its address before starting natwarden",
+            ));
+            continue;
+        };
+        for net in &iface.addresses {
+            for ext in &external_nets {
+                if net.overlaps(ext) {
+                    problems.push(problem(
+                        &key,
+                        format!("internal subnet {net} of `{name}` overlaps external subnet {ext}"),
+                        "renumber the LAN so that it does not overlap the WAN",
+                    ));
+                }
+            }
+            if is_public(net.addr()) {
+                warnings.push(format!(
+                    "{key}: `{name}` has the public address {net}; check that it really is a LAN interface"
+                ));
+            }
+        }
+        internal.push(InternalInterface {
+            name: name.clone(),
+            index: iface.index,
+            net: own,
+        });
+    }
+
+    for (i, addr) in ifs.listen_addresses.iter().enumerate() {
+        let key = format!("interfaces.listen_addresses[{i}]");
+        let on_external =
+            Some(*addr) == external_address || external_nets.iter().any(|n| n.addr() == *addr);
+        if on_external {
+            problems.push(problem(
+                &key,
+                format!("{addr} is on the external side"),
+                "listen only on the internal interfaces' addresses (or remove the key to use them all)",
+            ));
+        } else if !internal.iter().any(|i| i.net.addr() == *addr) {
+            problems.push(problem(
+                &key,
+                format!("{addr} is not the address of an internal interface"),
+                "use the address of one of interfaces.internal",
+            ));
+        }
+    }
+    if !ifs.listen_addresses.is_empty() {
+        internal.retain(|i| ifs.listen_addresses.contains(&i.net.addr()));
+    }
+
+    let mut extra = Vec::new();
+    for (i, r) in ifs.allowed_client_ranges.iter().enumerate() {
+        let key = format!("interfaces.allowed_client_ranges[{i}]");
+        match r.parse::<Ipv4Net>() {
+            Ok(net) => {
+                if external_nets.iter().any(|e| e.overlaps(&net))
+                    || external_address.is_some_and(|a| net.contains(a))
+                {
+                    problems.push(problem(
+                        &key,
+                        format!("{net} includes the external side"),
+                        "allow only ranges behind the internal interfaces",
+                    ));
+                }
+                extra.push(net);
+            }
+            Err(e) => problems.push(problem(
+                &key,
+                e.to_string(),
+                "write a prefix such as \"10.20.0.0/16\"",
+            )),
+        }
+    }
+
+    let m = &cfg.mappings;
+    if m.min_lifetime == 0 || m.min_lifetime > m.max_lifetime {
+        problems.push(problem(
+            "mappings.min_lifetime",
+            format!(
+                "must be at least 1 and at most max_lifetime ({})",
+                m.max_lifetime
+            ),
+            "e.g. min_lifetime = 120, max_lifetime = 86400",
+        ));
+    }
+    if m.max_per_client == 0 {
+        problems.push(problem(
+            "mappings.max_per_client",
+            "0 would refuse every mapping",
+            "set a quota such as 128",
+        ));
+    }
+
+    let mut rules = Vec::new();
+    for (i, r) in cfg.rules.iter().enumerate() {
+        match parse_rule(r) {
+            Ok(rule) => rules.push(rule),
+            Err((field, msg, fix)) => {
+                problems.push(problem(&format!("rule[{i}].{field}"), msg, fix))
+            }
+        }
+    }
+
+    let table = &cfg.firewall.table;
+    if table.is_empty()
+        || table.len() > 64
+        || !table
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        problems.push(problem(
+            "firewall.table",
+            format!("`{table}` is not a usable nftables table name"),
+            "use letters, digits, `_` or `-`, at most 64 characters",
+        ));
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let external_index = external.map(|e| e.index).unwrap_or(0);
+    let mut policy = Policy::new(internal, external_index);
+    policy.extra_client_ranges = extra;
+    policy.min_lifetime = m.min_lifetime;
+    policy.max_lifetime = m.max_lifetime;
+    policy.max_per_client = m.max_per_client;
+    policy.requests_per_second_per_client = m.requests_per_second_per_client;
+    policy.rules = rules;
+    Ok(Settings {
+        policy,
+        external_interface: ifs.external.clone(),
+        external_address,
+        backend: cfg.firewall.backend,
+        table: table.clone(),
+        state_file: cfg.state.file.clone(),
+        warnings,
+    })
+}
+
+type RuleError = (&'static str, String, &'static str);
+
+fn parse_rule(r: &RuleConfig) -> Result<Rule, RuleError> {
+    let action = match r.action.as_str() {
+        "allow" => Action::Allow,
+        "deny" => Action::Deny,
+        other => {
+            return Err((
+                "action",
+                format!("`{other}` is not an action"),
+                "use \"allow\" or \"deny\"",
+            ));
+        }
+    };
+    let ports = |field: &'static str, s: &str| {
+        s.parse::<PortRange>()
+            .map_err(|e| (field, e.to_string(), "write \"1024-65535\" or \"8080\""))
+    };
+    Ok(Rule {
+        action,
+        external_ports: ports("external_ports", &r.external_ports)?,
+        internal_addresses: r.internal_addresses.parse().map_err(
+            |e: natwarden_core::net::NetParseError| {
+                (
+                    "internal_addresses",
+                    e.to_string(),
+                    "write a prefix such as \"192.168.1.0/24\"",
+                )
+            },
+        )?,
+        internal_ports: ports("internal_ports", &r.internal_ports)?,
+    })
+}
+
+/// Not private, shared, loopback, link-local, documentation or otherwise reserved.
+fn is_public(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    !(a.is_private()
+        || a.is_loopback()
+        || a.is_link_local()
+        || a.is_documentation()
+        || a.is_unspecified()
+        || a.is_broadcast()
+        || a.is_multicast()
+        || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        || o[0] >= 240
+        || (o[0] == 198 && (o[1] & 0xfe) == 18))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../examples/natwarden.toml");
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("prefix")
+    }
+
+    /// The lab's layout: eth0 on the WAN (default route), br-lan on the LAN.
+    fn facts() -> SystemFacts {
+        SystemFacts {
+            interfaces: vec![
+                InterfaceFacts {
+                    name: "lo".into(),
+                    index: 1,
+                    addresses: vec![net("127.0.0.1/8")],
+                },
+                InterfaceFacts {
+                    name: "eth0".into(),
+                    index: 2,
+                    addresses: vec![net("198.51.100.7/24")],
+                },
+                InterfaceFacts {
+                    name: "br-lan".into(),
+                    index: 3,
+                    addresses: vec![net("192.168.1.1/24")],
+                },
+                InterfaceFacts {
+                    name: "guest".into(),
+                    index: 4,
+                    addresses: vec![net("192.168.2.1/24")],
+                },
+            ],
+            default_route_interfaces: vec![2],
+        }
+    }
+
+    fn config(extra: &str) -> FileConfig {
+        parse(&format!(
+            "[interfaces]\nexternal = \"eth0\"\ninternal = [\"br-lan\"]\n{extra}"
+        ))
+        .expect("valid toml")
+    }
+
+    fn refused(cfg: &FileConfig, facts: &SystemFacts) -> Vec<Problem> {
+        validate(cfg, facts).expect_err("must be refused")
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid_on_the_lab_layout() {
+        let cfg = parse(EXAMPLE).expect("example parses");
+        let s = validate(&cfg, &facts()).expect("example is safe");
+        assert_eq!(s.external_interface, "eth0");
+        assert_eq!(s.external_address, Some(Ipv4Addr::new(198, 51, 100, 7)));
+        assert_eq!(s.policy.internal.len(), 1);
+        assert_eq!(s.policy.internal[0].index, 3);
+        assert_eq!(s.policy.external_index, 2);
+        assert_eq!(s.backend, BackendKind::Nftables);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = parse(
+            "[interfaces]\nexternal = \"eth0\"\ninternal = []\nexternal_adress = \"1.2.3.4\"\n",
+        );
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn refuses_external_interface_listed_as_internal() {
+        let cfg =
+            parse("[interfaces]\nexternal = \"eth0\"\ninternal = [\"eth0\"]\n").expect("toml");
+        let p = refused(&cfg, &facts());
+        assert!(
+            p.iter()
+                .any(|p| p.key == "interfaces.internal[0]"
+                    && p.message.contains("also the external")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_swapped_interfaces_internal_holds_default_route() {
+        let cfg =
+            parse("[interfaces]\nexternal = \"br-lan\"\ninternal = [\"eth0\"]\n").expect("toml");
+        let p = refused(&cfg, &facts());
+        assert!(
+            p.iter()
+                .any(|p| p.key == "interfaces.internal[0]" && p.message.contains("default route")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_internal_interface_holding_the_external_address_read_from_the_wan() {
+        // The WAN interface has no default route here (e.g. a PPP link not yet up), but
+        // listing it as internal is still caught by its address.
+        let mut f = facts();
+        f.default_route_interfaces.clear();
+        let cfg = parse("[interfaces]\nexternal = \"eth0\"\ninternal = [\"br-lan\", \"eth0\"]\n")
+            .expect("toml");
+        let p = refused(&cfg, &f);
+        assert!(p.iter().any(|p| p.key == "interfaces.internal[1]"), "{p:?}");
+    }
+
+    #[test]
+    fn refuses_configured_external_address_on_an_internal_interface() {
+        let cfg = config("external_address = \"192.168.1.1\"\n");
+        let p = refused(&cfg, &facts());
+        assert!(
+            p.iter().any(
+                |p| p.key == "interfaces.internal[0]" && p.message.contains("external address")
+            ),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_listen_address_on_the_external_side() {
+        let cfg = config("listen_addresses = [\"198.51.100.7\"]\n");
+        let p = refused(&cfg, &facts());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "interfaces.listen_addresses[0]");
+        assert!(p[0].message.contains("external side"));
+        assert!(!p[0].fix.is_empty());
+    }
+
+    #[test]
+    fn refuses_overlapping_internal_and_external_subnets() {
+        let mut f = facts();
+        f.interfaces[2].addresses = vec![net("198.51.100.129/25")];
+        let p = refused(&config(""), &f);
+        assert!(p.iter().any(|p| p.message.contains("overlaps")), "{p:?}");
+    }
+
+    #[test]
+    fn refuses_interfaces_that_do_not_exist() {
+        let cfg =
+            parse("[interfaces]\nexternal = \"wan9\"\ninternal = [\"lan9\"]\n").expect("toml");
+        let p = refused(&cfg, &facts());
+        assert!(p
+            .iter()
+            .any(|p| p.key == "interfaces.external" && p.message.contains("does not exist")));
+        assert!(p
+            .iter()
+            .any(|p| p.key == "interfaces.internal[0]" && p.message.contains("does not exist")));
+    }
+
+    #[test]
+    fn refuses_allowed_client_range_that_reaches_the_wan() {
+        let p = refused(
+            &config("allowed_client_ranges = [\"198.51.0.0/16\"]\n"),
+            &facts(),
+        );
+        assert_eq!(p[0].key, "interfaces.allowed_client_ranges[0]");
+    }
+
+    #[test]
+    fn warns_about_a_public_address_on_an_internal_interface() {
+        let mut f = facts();
+        f.interfaces[2].addresses = vec![net("8.8.4.1/24")];
+        let s = validate(&config(""), &f).expect("only a warning");
+        assert!(
+            s.warnings.iter().any(|w| w.contains("public address")),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn rejects_bad_rules_and_lifetimes_naming_the_key() {
+        let cfg = config(
+            "[mappings]\nmin_lifetime = 500\nmax_lifetime = 100\n[[rule]]\naction = \"permit\"\nexternal_ports = \"1-2\"\ninternal_addresses = \"192.168.1.0/24\"\ninternal_ports = \"1-2\"\n[[rule]]\naction = \"allow\"\nexternal_ports = \"9-1\"\ninternal_addresses = \"192.168.1.0/24\"\ninternal_ports = \"1-2\"\n",
+        );
+        let keys: Vec<String> = refused(&cfg, &facts()).into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "mappings.min_lifetime",
+                "rule[0].action",
+                "rule[1].external_ports"
+            ]
+        );
+    }
+
+    #[test]
+    fn listen_addresses_restrict_the_served_interfaces() {
+        let cfg = parse("[interfaces]\nexternal = \"eth0\"\ninternal = [\"br-lan\", \"guest\"]\nlisten_addresses = [\"192.168.2.1\"]\n").expect("toml");
+        let s = validate(&cfg, &facts()).expect("valid");
+        assert_eq!(
+            s.policy
+                .internal
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["guest"]
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! The UDP socket of the I/O shell: every datagram comes with its ingress interface
+//! and destination address (IP_PKTINFO), and every reply leaves from a chosen address
+//! and interface. This is the only place the daemon needs `unsafe` for sockets.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use natwarden_core::Ingress;
+
+pub struct PktinfoSocket {
+    fd: OwnedFd,
+}
+
+/// Control buffer for one `in_pktinfo`, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct Control([u8; 64]);
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` outlives the call and its size is passed.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_in = unsafe { zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = addr.port().to_be();
+    sa.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
+    sa
+}
+
+impl PktinfoSocket {
+    /// A non-blocking UDP socket on 0.0.0.0:`port` reporting IP_PKTINFO. Binding the
+    /// wildcard is deliberate: the ingress checks look at every datagram's interface
+    /// and destination, never at the bind address (RFC 6886 section 3.3).
+    pub fn bind(port: u16) -> io::Result<PktinfoSocket> {
+        // SAFETY: plain socket(2); the result is checked before use.
+        let raw = check(unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        })?;
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        setsockopt_int(raw, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+        // Announcements are link-local (224.0.0.1): never routed, and not looped back
+        // to ourselves.
+        setsockopt_int(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, 1)?;
+        setsockopt_int(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, 0)?;
+        let sa = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+        // SAFETY: `sa` is a valid sockaddr_in of the size passed.
+        check(unsafe {
+            libc::bind(
+                raw,
+                (&sa as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        })?;
+        Ok(PktinfoSocket { fd })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// One datagram, or `None` when none is waiting. Truncated datagrams (larger than
+    /// `buf`) and datagrams without IP_PKTINFO are reported as `Ok(Some((None, ..)))`
+    /// so the caller can count and drop them.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<Received>> {
+        // SAFETY: all-zero is valid for these plain C structs.
+        let mut name: libc::sockaddr_in = unsafe { zeroed() };
+        let mut control = Control([0; 64]);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = control.0.len();
+        // SAFETY: every pointer in `msg` refers to a live buffer of the stated size.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+                _ => Err(e),
+            };
+        }
+        let len = n as usize;
+        let source = SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
+            u16::from_be(name.sin_port),
+        );
+        if msg.msg_flags & libc::MSG_TRUNC != 0 {
+            return Ok(Some(Received {
+                len,
+                source,
+                ingress: None,
+            }));
+        }
+        let mut ingress = None;
+        // SAFETY: the CMSG_* helpers walk `control`, which the kernel filled and whose
+        // length it set in msg_controllen; each header is checked before its data is read.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                let h = &*cmsg;
+                if h.cmsg_level == libc::IPPROTO_IP
+                    && h.cmsg_type == libc::IP_PKTINFO
+                    && h.cmsg_len as usize
+                        >= libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize
+                {
+                    let info: libc::in_pktinfo =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    ingress = Some(Ingress {
+                        interface: u32::try_from(info.ipi_ifindex).unwrap_or(0),
+                        source,
+                        // ipi_addr is the destination in the IP header; ipi_spec_dst
+                        // would be the local address the kernel chose to answer from.
+                        destination: Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)),
+                    });
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        Ok(Some(Received {
+            len,
+            source,
+            ingress,
+        }))
+    }
+
+    /// Sends `data` to `to`, from address `from`, out of interface `ifindex`.
+    pub fn send(
+        &self,
+        data: &[u8],
+        to: SocketAddrV4,
+        from: Ipv4Addr,
+        ifindex: u32,
+    ) -> io::Result<()> {
+        let mut control = Control([0; 64]);
+        let mut sa = sockaddr(to);
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        // SAFETY: all-zero is valid for these plain C structs.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE/CMSG_FIRSTHDR/CMSG_DATA compute positions inside `control`,
+        // which is large enough for one in_pktinfo; the data write is unaligned-safe.
+        unsafe {
+            msg.msg_controllen = libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::IPPROTO_IP;
+            (*cmsg).cmsg_type = libc::IP_PKTINFO;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
+            let info = libc::in_pktinfo {
+                ipi_ifindex: ifindex as libc::c_int,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(from).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+        }
+        // SAFETY: every pointer in `msg` refers to a live buffer of the stated size.
+        let n = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// A received datagram: its length in the caller's buffer, its source, and the
+/// ingress facts when the kernel supplied them.
+pub struct Received {
+    pub len: usize,
+    pub source: SocketAddrV4,
+    pub ingress: Option<Ingress>,
+}

@@ -1,0 +1,274 @@
+//! The namespace lab for end-to-end tests: three hosts made by `lab/netns.sh`, a
+//! natwarden daemon in the gateway, and guards that tear everything down on drop,
+//! also when a test panics.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const GW_LAN: &str = "192.168.1.1";
+pub const GW_WAN: &str = "198.51.100.7";
+pub const LAN_HOST: &str = "192.168.1.10";
+pub const WAN_HOST: &str = "198.51.100.100";
+
+const NETNS_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../lab/netns.sh");
+pub const EXAMPLE_CONFIG: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/natwarden.toml");
+
+/// Root is required; under CI a missing privilege is a failure, not a skip.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("namespace tests need root (CI=true): run as root");
+    }
+    eprintln!("skipping: namespace tests need root");
+    false
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Lab {
+    pub prefix: String,
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Copy)]
+pub enum Host {
+    Lan,
+    Gw,
+    Wan,
+}
+
+impl Lab {
+    pub fn up() -> Lab {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("nw{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("natwarden-{prefix}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("creating the lab's temp dir");
+        let st = Command::new("bash")
+            .args([NETNS_SH, "up", &prefix])
+            .status()
+            .expect("running lab/netns.sh");
+        assert!(st.success(), "lab/netns.sh up failed");
+        Lab { prefix, dir }
+    }
+
+    pub fn ns(&self, host: Host) -> String {
+        let h = match host {
+            Host::Lan => "lan",
+            Host::Gw => "gw",
+            Host::Wan => "wan",
+        };
+        format!("{}-{h}", self.prefix)
+    }
+
+    pub fn cmd(&self, host: Host, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(host)]).args(args);
+        c
+    }
+
+    /// Runs to completion, bounded by `timeout` seconds (coreutils `timeout`).
+    pub fn run(&self, host: Host, secs: u32, args: &[&str]) -> Output {
+        let t = secs.to_string();
+        let mut full = vec!["timeout", t.as_str()];
+        full.extend_from_slice(args);
+        self.cmd(host, &full)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running a lab command")
+    }
+
+    pub fn sh(&self, host: Host, secs: u32, script: &str) -> Output {
+        self.run(host, secs, &["sh", "-c", script])
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        fs::write(&p, text).expect("writing a lab file");
+        p
+    }
+
+    /// The example config with some lines replaced: `edits` are (old, new) pairs.
+    pub fn config(&self, name: &str, edits: &[(&str, &str)]) -> PathBuf {
+        let mut text = fs::read_to_string(EXAMPLE_CONFIG).expect("reading the example config");
+        for (old, new) in edits {
+            assert!(text.contains(old), "example config lacks `{old}`");
+            text = text.replace(old, new);
+        }
+        let state = self.dir.join("state.json");
+        text = text.replace("/var/lib/natwarden/state.json", &state.to_string_lossy());
+        self.write(name, &text)
+    }
+
+    pub fn natwarden(&self, args: &[&str]) -> Output {
+        let mut full = vec![env!("CARGO_BIN_EXE_natwarden")];
+        full.extend_from_slice(args);
+        self.run(Host::Gw, 30, &full)
+    }
+
+    pub fn start(&self, config: &Path) -> Daemon {
+        let log = self.dir.join(format!(
+            "daemon-{}.log",
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let child = self
+            .cmd(
+                Host::Gw,
+                &[
+                    env!("CARGO_BIN_EXE_natwarden"),
+                    "serve",
+                    "--config",
+                    &config.to_string_lossy(),
+                ],
+            )
+            .env("NATWARDEN_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("creating the daemon log"))
+            .spawn()
+            .expect("starting natwarden serve");
+        let d = Daemon {
+            child: Some(child),
+            log,
+        };
+        d.wait_for_log("serving NAT-PMP", Duration::from_secs(10));
+        d
+    }
+
+    /// `nft list` of our table in the gateway, or None when the table does not exist.
+    pub fn table(&self, table: &str) -> Option<String> {
+        let o = self.run(Host::Gw, 10, &["nft", "list", "table", "inet", table]);
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Elements of a map or set of our table, one string per element.
+    pub fn elements(&self, set: &str) -> Vec<String> {
+        let o = self.run(
+            Host::Gw,
+            10,
+            &["nft", "-j", "list", "set", "inet", "natwarden", set],
+        );
+        if !o.status.success() {
+            let o = self.run(
+                Host::Gw,
+                10,
+                &["nft", "-j", "list", "map", "inet", "natwarden", set],
+            );
+            return elements_of(&o.stdout);
+        }
+        elements_of(&o.stdout)
+    }
+
+    /// Polls `f` every 100 ms until it holds or `secs` pass.
+    pub fn eventually(&self, secs: u64, mut f: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        f()
+    }
+}
+
+fn elements_of(json: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = match serde_json::from_slice(json) {
+        Ok(v) => v,
+        Err(_) => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        for key in ["set", "map"] {
+            if let Some(elems) = item[key]["elem"].as_array() {
+                out.extend(elems.iter().map(|e| e.to_string()));
+            }
+        }
+    }
+    out
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .args([NETNS_SH, "down", &self.prefix])
+            .status();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon log never showed `{needle}`:\n{}", self.log_text());
+    }
+
+    /// SIGTERM and wait (bounded); returns the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn all_output(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, then every test (unit, property and the
+# namespace end-to-end tests, which need root). Run as root from the repository.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash lab/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

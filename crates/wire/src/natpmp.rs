@@ -482,6 +482,10 @@ impl Response {
 /// bytes is padded with zeros to make room for it. The answer is cut at `buf.len()`; this
 /// never panics, whatever the lengths.
 pub fn emit_unsupported_opcode(request: &[u8], buf: &mut [u8]) -> usize {
+    // A reply without room for its result code would not say anything: send none.
+    if buf.len() < field::RESULT.end {
+        return 0;
+    }
     let len = request.len().max(field::RESULT.end).min(buf.len());
     let out = &mut buf[..len];
     let copied = request.len().min(len);
@@ -789,9 +793,10 @@ mod tests {
         let mut buf = [0xff; 5];
         assert_eq!(emit_unsupported_opcode(&request, &mut buf), 5);
         assert_eq!(buf, [0, 0x87, 0, 5, 1]);
-        let mut tiny = [0xff; 2];
-        assert_eq!(emit_unsupported_opcode(&request, &mut tiny), 2);
-        assert_eq!(tiny, [0, 0x87]);
+        // No room for the result code: no reply at all, the buffer untouched.
+        let mut tiny = [0xff; 3];
+        assert_eq!(emit_unsupported_opcode(&request, &mut tiny), 0);
+        assert_eq!(tiny, [0xff; 3]);
         assert_eq!(emit_unsupported_opcode(&request, &mut []), 0);
         let mut buf = [0xff; 8];
         assert_eq!(emit_unsupported_opcode(&[], &mut buf), 4);
@@ -1148,7 +1153,8 @@ mod tests {
         ) {
             let mut buf = vec![0xffu8; buf_len];
             let len = emit_unsupported_opcode(&request, &mut buf);
-            prop_assert_eq!(len, request.len().max(4).min(buf_len));
+            let expected_len = if buf_len < 4 { 0 } else { request.len().max(4).min(buf_len) };
+            prop_assert_eq!(len, expected_len);
             for (i, byte) in buf[..len].iter().enumerate() {
                 let expected = match i {
                     1 => request.get(1).copied().unwrap_or(0) | 0x80,

@@ -9,7 +9,7 @@ use natwarden_wire::natpmp::{
 };
 use natwarden_wire::Protocol;
 
-use crate::firewall::FirewallChange;
+use crate::firewall::{FirewallChange, Forward};
 use crate::policy::{Permissions, Policy};
 use crate::ratelimit::RateLimiter;
 use crate::table::{Mapping, MappingKey, MappingTable, Origin};
@@ -90,6 +90,27 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
+/// A change to the mapping table, for the daemon's state journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateEvent {
+    /// Created or renewed (the expiry moved).
+    Upsert(Mapping),
+    Remove(MappingKey),
+    /// State was lost or the external address changed: the epoch restarts at zero.
+    NewEpoch,
+}
+
+/// Why a saved mapping was not restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("the client is not a host of an internal subnet any more")]
+    ClientNotAllowed,
+    #[error("the permission rules no longer allow it")]
+    NotAllowed,
+    #[error("it clashes with another restored mapping")]
+    Conflict,
+}
+
 /// Counters for the status view and the logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -131,8 +152,13 @@ pub struct Gateway {
     permissions: Permissions,
     table: MappingTable,
     limiter: RateLimiter,
+    /// The epoch counter is `epoch_offset` seconds at `epoch_start`: a restart that
+    /// restored its state continues the epoch instead of resetting it.
     epoch_start: Instant,
+    epoch_offset: u32,
     external_address: Option<Ipv4Addr>,
+    /// Table changes not yet persisted, drained by the daemon's state journal.
+    events: Vec<StateEvent>,
     announcer: Announcer,
     next_prune: Instant,
     rng: u64,
@@ -155,7 +181,9 @@ impl Gateway {
             policy,
             table: MappingTable::default(),
             epoch_start: now,
+            epoch_offset: 0,
             external_address,
+            events: Vec::new(),
             announcer: Announcer::start(now),
             next_prune: now + PRUNE_INTERVAL,
             // xorshift must not start at zero.
@@ -179,7 +207,9 @@ impl Gateway {
     /// RFC 6886 section 3.6 "Seconds Since Start of Epoch".
     pub fn epoch(&self, now: Instant) -> u32 {
         let secs = now.saturating_duration_since(self.epoch_start).as_secs();
-        u32::try_from(secs).unwrap_or(u32::MAX)
+        u32::try_from(secs)
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.epoch_offset)
     }
 
     pub fn mappings(&self) -> impl Iterator<Item = Mapping> + '_ {
@@ -291,6 +321,24 @@ impl Gateway {
         if ingress.destination != iface.net.addr() {
             return Err(DropReason::NotToInternalAddress);
         }
+        if self.client_allowed(ingress) {
+            Ok(())
+        } else {
+            Err(DropReason::ClientNotAllowed)
+        }
+    }
+
+    /// Whether the source of a datagram that arrived on an internal interface is a
+    /// genuine host of that interface's subnet (or of an allowed range).
+    fn client_allowed(&self, ingress: &Ingress) -> bool {
+        let Some(iface) = self
+            .policy
+            .internal
+            .iter()
+            .find(|i| i.index == ingress.interface)
+        else {
+            return false;
+        };
         let client = *ingress.source.ip();
         let in_subnet = iface.net.contains(client)
             || self
@@ -304,17 +352,13 @@ impl Gateway {
         // and broadcast addresses cannot be a requester.
         let special = iface.net.prefix_len() < 31
             && (client == iface.net.network() || client == iface.net.broadcast());
-        if !in_subnet
-            || is_gateway
-            || special
-            || client.is_unspecified()
-            || client.is_loopback()
-            || client.is_multicast()
-            || client.is_broadcast()
-        {
-            return Err(DropReason::ClientNotAllowed);
-        }
-        Ok(())
+        in_subnet
+            && !is_gateway
+            && !special
+            && !client.is_unspecified()
+            && !client.is_loopback()
+            && !client.is_multicast()
+            && !client.is_broadcast()
     }
 
     fn map(
@@ -342,9 +386,7 @@ impl Gateway {
                 vec![key(client, req.protocol, req.internal_port)]
             };
             for k in keys {
-                if let Some(m) = self.table.remove(&k) {
-                    changes.push(FirewallChange::Remove(m.forward()));
-                }
+                self.remove_mapping(&k, changes);
             }
             return refuse(ResultCode::SUCCESS);
         }
@@ -370,6 +412,7 @@ impl Gateway {
         // Section 3.3: a repeated request for the same internal port gets the port
         // already assigned, whatever it suggests (the first answer may have been lost).
         if let Some(m) = self.table.renew(&k, expires, Origin::NatPmp) {
+            self.events.push(StateEvent::Upsert(m));
             return granted(m.external_port);
         }
         if self.table.count_for(client) >= self.policy.max_per_client {
@@ -385,9 +428,7 @@ impl Gateway {
             expires,
             origin: Origin::NatPmp,
         };
-        self.table.insert(m);
-        self.stats.mappings_created += 1;
-        changes.push(FirewallChange::Add(m.forward()));
+        self.insert_mapping(m, changes);
         granted(external_port)
     }
 
@@ -460,6 +501,7 @@ impl Gateway {
     /// Expires mappings (section 3.4: "at the time its lifetime expires, the mapping
     /// MUST be automatically deleted") and does housekeeping.
     pub fn handle_timeout(&mut self, now: Instant, changes: &mut Vec<FirewallChange>) {
+        // Expiry needs no journal record: the stored expiry time says it already.
         for m in self.table.expire(now) {
             self.stats.mappings_expired += 1;
             changes.push(FirewallChange::Remove(m.forward()));
@@ -498,8 +540,14 @@ impl Gateway {
             return;
         }
         self.external_address = address;
+        self.new_epoch(now);
+    }
+
+    fn new_epoch(&mut self, now: Instant) {
         self.epoch_start = now;
+        self.epoch_offset = 0;
         self.announcer = Announcer::start(now);
+        self.events.push(StateEvent::NewEpoch);
     }
 
     /// Forgets every mapping (e.g. the kernel refused a change and the table can no
@@ -507,9 +555,149 @@ impl Gateway {
     /// re-create what they need (section 3.7). Returns the removals for the record;
     /// the daemon reinstalls the firewall from the (now empty) table.
     pub fn reset(&mut self, now: Instant) -> Vec<Mapping> {
-        self.epoch_start = now;
-        self.announcer = Announcer::start(now);
+        self.new_epoch(now);
         self.table.clear()
+    }
+
+    fn insert_mapping(&mut self, m: Mapping, changes: &mut Vec<FirewallChange>) {
+        self.table.insert(m);
+        self.stats.mappings_created += 1;
+        self.events.push(StateEvent::Upsert(m));
+        changes.push(FirewallChange::Add(m.forward()));
+    }
+
+    fn remove_mapping(&mut self, key: &MappingKey, changes: &mut Vec<FirewallChange>) -> bool {
+        let Some(m) = self.table.remove(key) else {
+            return false;
+        };
+        self.events.push(StateEvent::Remove(*key));
+        changes.push(FirewallChange::Remove(m.forward()));
+        true
+    }
+
+    /// Table changes since the last call, in order, for the state journal. The daemon
+    /// makes them durable before it sends the replies that acknowledge them.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, StateEvent> {
+        self.events.drain(..)
+    }
+
+    /// Continues an epoch saved by an earlier run (RFC 6886 section 3.6 allows this
+    /// only when no mapping state was lost): the counter reads `seconds` now.
+    pub fn continue_epoch(&mut self, now: Instant, seconds: u32) {
+        self.epoch_start = now;
+        self.epoch_offset = seconds;
+    }
+
+    /// Puts back a mapping saved by an earlier run, with the lifetime it has left. It
+    /// is checked against the current policy like a new request (a config change while
+    /// the daemon was down must not resurrect what is no longer allowed). The firewall
+    /// change is returned for the atomic reinstall at start-up.
+    pub fn restore(
+        &mut self,
+        now: Instant,
+        key: MappingKey,
+        external_port: u16,
+        remaining: Duration,
+        origin: Origin,
+    ) -> Result<Forward, RestoreError> {
+        let probe = Ingress {
+            interface: self
+                .policy
+                .internal
+                .iter()
+                .find(|i| i.net.contains(key.client))
+                .map(|i| i.index)
+                .unwrap_or(0),
+            source: SocketAddrV4::new(key.client, 0),
+            destination: Ipv4Addr::UNSPECIFIED,
+        };
+        let client_ok = self.client_allowed(&probe)
+            || self
+                .policy
+                .extra_client_ranges
+                .iter()
+                .any(|r| r.contains(key.client));
+        if !client_ok {
+            return Err(RestoreError::ClientNotAllowed);
+        }
+        if key.internal_port == 0
+            || external_port == 0
+            || !self
+                .permissions
+                .allows(external_port, key.client, key.internal_port)
+        {
+            return Err(RestoreError::NotAllowed);
+        }
+        if self.table.contains(&key)
+            || !self
+                .table
+                .is_free_for(key.client, key.protocol, external_port)
+        {
+            return Err(RestoreError::Conflict);
+        }
+        let lifetime = remaining.min(Duration::from_secs(u64::from(self.policy.max_lifetime)));
+        let m = Mapping {
+            key,
+            external_port,
+            expires: now + lifetime,
+            origin,
+        };
+        self.table.insert(m);
+        self.events.push(StateEvent::Upsert(m));
+        Ok(m.forward())
+    }
+
+    /// Admin removal (`natwarden status --delete`): every mapping of `client`, or the
+    /// one for `(protocol, internal_port)`. Returns how many were removed.
+    pub fn admin_delete(
+        &mut self,
+        client: Ipv4Addr,
+        which: Option<(Protocol, u16)>,
+        changes: &mut Vec<FirewallChange>,
+    ) -> usize {
+        let keys: Vec<MappingKey> = match which {
+            Some((protocol, port)) => vec![key(client, protocol, port)],
+            None => [Protocol::Udp, Protocol::Tcp]
+                .into_iter()
+                .flat_map(|p| self.table.keys_of(client, p))
+                .collect(),
+        };
+        keys.iter()
+            .filter(|k| self.remove_mapping(k, changes))
+            .count()
+    }
+
+    /// A reloaded policy (SIGHUP). Mappings the new policy would not grant are removed
+    /// at once: a tightened rule must not leave old forwards open until they expire.
+    pub fn set_policy(&mut self, policy: Policy, changes: &mut Vec<FirewallChange>) {
+        self.permissions = Permissions::new(&policy);
+        self.limiter = RateLimiter::new(policy.requests_per_second_per_client);
+        self.policy = policy;
+        let doomed: Vec<MappingKey> = self
+            .table
+            .iter()
+            .filter(|m| {
+                let k = m.key;
+                let in_lan = self
+                    .policy
+                    .internal
+                    .iter()
+                    .any(|i| i.net.contains(k.client))
+                    || self
+                        .policy
+                        .extra_client_ranges
+                        .iter()
+                        .any(|r| r.contains(k.client));
+                !in_lan
+                    || !self
+                        .permissions
+                        .allows(m.external_port, k.client, k.internal_port)
+            })
+            .map(|m| m.key)
+            .collect();
+        for k in doomed {
+            self.remove_mapping(&k, changes);
+        }
     }
 }
 

@@ -9,7 +9,9 @@ mod ratelimit;
 pub mod table;
 
 pub use firewall::{FirewallChange, Forward};
-pub use gateway::{DropReason, Gateway, Ingress, Stats, Verdict, MAX_REPLY};
+pub use gateway::{
+    DropReason, Gateway, Ingress, RestoreError, StateEvent, Stats, Verdict, MAX_REPLY,
+};
 pub use net::Ipv4Net;
 pub use policy::{Action, InternalInterface, Policy, PortRange, Rule};
 pub use table::{Mapping, MappingKey, Origin};

@@ -70,6 +70,10 @@ impl MappingTable {
         self.by_key.len()
     }
 
+    pub(crate) fn contains(&self, key: &MappingKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+
     pub(crate) fn count_for(&self, client: Ipv4Addr) -> u32 {
         self.per_client.get(&client).copied().unwrap_or(0)
     }

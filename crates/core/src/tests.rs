@@ -698,3 +698,126 @@ proptest! {
         }
     }
 }
+
+// ---- state, restore and administration ----
+
+#[test]
+fn every_table_change_is_reported_for_the_journal() {
+    let mut h = Harness::new(policy());
+    h.gw.drain_events().for_each(drop);
+    h.map(8080, 8080, 7200);
+    h.map(8080, 8080, 3600);
+    h.map(8080, 0, 0);
+    let events: Vec<StateEvent> = h.gw.drain_events().collect();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(matches!(events[0], StateEvent::Upsert(m) if m.external_port == 8080));
+    assert!(
+        matches!(events[1], StateEvent::Upsert(m) if m.expires == h.now + Duration::from_secs(3600))
+    );
+    assert!(matches!(events[2], StateEvent::Remove(k) if k.internal_port == 8080));
+    h.gw.set_external_address(h.now, Some(Ipv4Addr::new(198, 51, 100, 9)));
+    assert_eq!(
+        h.gw.drain_events().collect::<Vec<_>>(),
+        vec![StateEvent::NewEpoch]
+    );
+}
+
+#[test]
+fn restore_puts_back_saved_mappings_and_continues_the_epoch() {
+    let mut h = Harness::new(policy());
+    h.gw.continue_epoch(h.now, 5000);
+    assert_eq!(h.gw.epoch(h.now + Duration::from_secs(3)), 5003);
+    let k = MappingKey {
+        client: HOST,
+        protocol: Protocol::Tcp,
+        internal_port: 8080,
+    };
+    let f =
+        h.gw.restore(h.now, k, 9090, Duration::from_secs(100), Origin::NatPmp)
+            .expect("restorable");
+    assert_eq!(f, fwd(HOST, Protocol::Tcp, 8080, 9090));
+    // The client renewing after the restart keeps its port.
+    assert_eq!(h.map(8080, 0, 7200), (ResultCode::SUCCESS, 9090, 7200));
+}
+
+#[test]
+fn restore_refuses_what_the_current_policy_would_not_grant() {
+    let mut h = Harness::new(policy());
+    let key = |client, port| MappingKey {
+        client,
+        protocol: Protocol::Tcp,
+        internal_port: port,
+    };
+    let life = Duration::from_secs(100);
+    assert_eq!(
+        h.gw.restore(
+            h.now,
+            key(Ipv4Addr::new(10, 1, 1, 1), 8080),
+            8080,
+            life,
+            Origin::NatPmp
+        ),
+        Err(RestoreError::ClientNotAllowed)
+    );
+    assert_eq!(
+        h.gw.restore(h.now, key(GW_LAN, 8080), 8080, life, Origin::NatPmp),
+        Err(RestoreError::ClientNotAllowed)
+    );
+    assert_eq!(
+        h.gw.restore(h.now, key(HOST, 8080), 80, life, Origin::NatPmp),
+        Err(RestoreError::NotAllowed)
+    );
+    assert!(h
+        .gw
+        .restore(h.now, key(HOST, 8080), 8080, life, Origin::NatPmp)
+        .is_ok());
+    assert_eq!(
+        h.gw.restore(h.now, key(HOST2, 8081), 8080, life, Origin::NatPmp),
+        Err(RestoreError::Conflict)
+    );
+}
+
+#[test]
+fn admin_delete_removes_one_or_all_of_a_clients_mappings() {
+    let mut h = Harness::new(policy());
+    h.map(8080, 8080, 7200);
+    h.map_from(HOST, Protocol::Udp, 8081, 8081, 7200);
+    h.map_from(HOST2, Protocol::Tcp, 8082, 8082, 7200);
+    let mut changes = Vec::new();
+    assert_eq!(
+        h.gw.admin_delete(HOST, Some((Protocol::Udp, 8081)), &mut changes),
+        1
+    );
+    assert_eq!(
+        h.gw.admin_delete(HOST, Some((Protocol::Udp, 8081)), &mut changes),
+        0
+    );
+    assert_eq!(h.gw.admin_delete(HOST, None, &mut changes), 1);
+    h.apply(changes);
+    assert_eq!(
+        h.kernel,
+        BTreeSet::from([fwd(HOST2, Protocol::Tcp, 8082, 8082)])
+    );
+}
+
+#[test]
+fn a_tightened_policy_closes_forwards_it_would_no_longer_grant() {
+    let mut h = Harness::new(policy());
+    h.map(8080, 8080, 7200);
+    h.map_from(HOST2, Protocol::Tcp, 9000, 9000, 7200);
+    let mut p = policy();
+    p.rules = vec![Rule {
+        action: Action::Allow,
+        external_ports: "9000-9999".parse().expect("range"),
+        internal_addresses: "192.168.1.0/24".parse().expect("net"),
+        internal_ports: "1024-65535".parse().expect("range"),
+    }];
+    let mut changes = Vec::new();
+    h.gw.set_policy(p, &mut changes);
+    h.apply(changes);
+    assert_eq!(
+        h.kernel,
+        BTreeSet::from([fwd(HOST2, Protocol::Tcp, 9000, 9000)])
+    );
+    assert_eq!(h.forwards(), h.kernel);
+}

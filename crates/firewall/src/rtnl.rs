@@ -91,6 +91,43 @@ pub fn default_route_interfaces() -> Result<Vec<u32>, FirewallError> {
     Ok(out)
 }
 
+/// Notifications of IPv4 address changes (RTMGRP_IPV4_IFADDR), so the daemon can follow
+/// its external address without polling.
+pub struct AddressMonitor {
+    sock: NlSocket,
+}
+
+impl AddressMonitor {
+    pub fn open() -> Result<AddressMonitor, FirewallError> {
+        let sock = NlSocket::open_groups(libc::NETLINK_ROUTE, libc::RTMGRP_IPV4_IFADDR as u32)
+            .map_err(|e| FirewallError::io("opening the rtnetlink address monitor", e))?;
+        Ok(AddressMonitor { sock })
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.raw_fd()
+    }
+
+    /// Reads every pending notification; true when any arrived, or when the kernel
+    /// dropped some (ENOBUFS): either way the caller re-reads the addresses, which is
+    /// simpler and more robust than applying each notification.
+    pub fn drain(&self) -> bool {
+        let mut buf = [0u8; 8192];
+        let mut changed = false;
+        for _ in 0..1024 {
+            match self.sock.recv(&mut buf, true) {
+                Ok(_) => changed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    changed = true;
+                    break;
+                }
+            }
+        }
+        changed
+    }
+}
+
 /// (index, name) of every interface.
 fn links() -> Result<Vec<(u32, String)>, FirewallError> {
     dump(RTM_GETLINK, &ifinfomsg(libc::AF_UNSPEC as u8), RTM_NEWLINK)?

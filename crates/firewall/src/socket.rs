@@ -15,11 +15,18 @@ impl NlSocket {
     /// Opens and binds a socket of `protocol` (NETLINK_NETFILTER, NETLINK_ROUTE);
     /// the kernel picks the port id so several sockets per process never clash.
     pub fn open(protocol: libc::c_int) -> io::Result<Self> {
+        Self::open_groups(protocol, 0)
+    }
+
+    /// Like [`NlSocket::open`], also subscribed to the multicast `groups` (a bit mask of
+    /// RTMGRP_* values), non-blocking so a poll loop can drain it.
+    pub fn open_groups(protocol: libc::c_int, groups: u32) -> io::Result<Self> {
+        let nonblock = if groups != 0 { libc::SOCK_NONBLOCK } else { 0 };
         // SAFETY: plain syscall with constant arguments; the result is checked below.
         let fd = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | nonblock,
                 protocol,
             )
         };
@@ -28,7 +35,8 @@ impl NlSocket {
         }
         // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let addr = kernel_addr();
+        let mut addr = kernel_addr();
+        addr.nl_groups = groups;
         // SAFETY: `addr` is a valid sockaddr_nl and the length passed is its size.
         let rc = unsafe {
             libc::bind(
@@ -41,6 +49,10 @@ impl NlSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(Self { fd })
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
     }
 
     pub fn set_int(&self, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {

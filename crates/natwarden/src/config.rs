@@ -22,6 +22,26 @@ pub struct FileConfig {
     pub firewall: FirewallConfig,
     #[serde(default)]
     pub state: StateConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// The status/control socket; only root (or `group`) can open it.
+    pub socket: PathBuf,
+    /// A group whose members may also use the socket (mode 0660).
+    pub group: Option<String>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: PathBuf::from(crate::control::DEFAULT_SOCKET),
+            group: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,12 +152,14 @@ pub struct Settings {
     pub policy: Policy,
     pub external_interface: String,
     pub external_address: Option<Ipv4Addr>,
+    /// True when the address is read from the external interface, and so followed
+    /// over rtnetlink; false when the config sets it.
+    pub follow_external_address: bool,
     pub backend: BackendKind,
     pub table: String,
-    /// Where mappings will be persisted (read by the state-file work; parsed and kept now
-    /// so configs written today stay valid).
-    #[allow(dead_code)]
     pub state_file: PathBuf,
+    pub control_socket: PathBuf,
+    pub control_group: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -153,6 +175,21 @@ impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}; fix: {}", self.key, self.message, self.fix)
     }
+}
+
+/// Loads, checks against the machine, and validates; every problem is listed with its
+/// key and fix in the error.
+pub fn load_settings(path: &Path) -> anyhow::Result<Settings> {
+    let cfg = load(path)?;
+    let facts = crate::facts::gather(&cfg)?;
+    validate(&cfg, &facts).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+        anyhow::anyhow!(
+            "refusing unsafe or invalid configuration {}:\n{}",
+            path.display(),
+            list.join("\n")
+        )
+    })
 }
 
 pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
@@ -385,9 +422,12 @@ pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<P
         policy,
         external_interface: ifs.external.clone(),
         external_address,
+        follow_external_address: ifs.external_address.is_none(),
         backend: cfg.firewall.backend,
         table: table.clone(),
         state_file: cfg.state.file.clone(),
+        control_socket: cfg.control.socket.clone(),
+        control_group: cfg.control.group.clone(),
         warnings,
     })
 }

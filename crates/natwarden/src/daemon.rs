@@ -1,28 +1,37 @@
 //! The I/O shell around the gateway core: moves datagrams between the socket and the
-//! core, firewall changes from the core to the backend, signals and timers into both.
+//! core, firewall changes to the backend, table changes to the state journal, and
+//! signals, address changes, admin requests and timers into the core.
 
-use std::net::SocketAddrV4;
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use natwarden_core::{DropReason, FirewallChange, Gateway, Verdict, MAX_REPLY};
+use natwarden_core::{
+    DropReason, FirewallChange, Forward, Gateway, StateEvent, Verdict, MAX_REPLY,
+};
+use natwarden_firewall::rtnl::{self, AddressMonitor};
 use natwarden_firewall::Backend;
 use natwarden_wire::natpmp;
 use tracing::{error, info, warn};
 
-use crate::config::Settings;
+use crate::config::{self, Settings};
+use crate::control::{self, ControlServer};
 use crate::signals::{poll_readable, Signal, Signals};
+use crate::state::{self, Journal, Loaded, Record, SavedMapping};
+use crate::status;
 use crate::udp::PktinfoSocket;
 
 /// Datagrams handled per wake-up before their firewall changes are committed in one
-/// netlink batch: large enough to amortise the batch, small enough to keep latency low.
+/// netlink batch and their journal records in one fdatasync: large enough to amortise
+/// both, small enough to keep latency low.
 const BATCH: usize = 256;
 /// Drops are logged at most this often, with a count of those not logged.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Reply {
     to: SocketAddrV4,
-    from: std::net::Ipv4Addr,
+    from: Ipv4Addr,
     interface: u32,
     len: usize,
     bytes: [u8; MAX_REPLY],
@@ -39,36 +48,68 @@ impl DropLog {
             self.suppressed += 1;
             return;
         }
-        let (level_warn, what) = match reason {
-            DropReason::ExternalInterface => (true, "from the external interface"),
-            DropReason::NotToInternalAddress => (true, "not addressed to an internal address"),
-            DropReason::ClientNotAllowed => (true, "from a source outside the internal subnets"),
-            _ => (false, reason.name()),
+        let what = match reason {
+            DropReason::ExternalInterface => Some("from the external interface"),
+            DropReason::NotToInternalAddress => Some("not addressed to an internal address"),
+            DropReason::ClientNotAllowed => Some("from a source outside the internal subnets"),
+            _ => None,
         };
-        if level_warn {
-            warn!(%source, interface, reason = reason.name(), suppressed = self.suppressed, "dropped request {what}");
-        } else {
-            info!(%source, interface, reason = reason.name(), suppressed = self.suppressed, "dropped request");
+        match what {
+            Some(what) => {
+                warn!(%source, interface, reason = reason.name(), suppressed = self.suppressed, "dropped request {what}")
+            }
+            None => {
+                info!(%source, interface, reason = reason.name(), suppressed = self.suppressed, "dropped request")
+            }
         }
         self.suppressed = 0;
         self.next = now + DROP_LOG_INTERVAL;
     }
 }
 
+/// Converts the core's monotonic instants to wall-clock for the state file.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    pub mono: Instant,
+    pub wall_ms: u64,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        Clock {
+            mono: Instant::now(),
+            wall_ms: state::unix_ms(SystemTime::now()),
+        }
+    }
+
+    pub fn wall_ms_of(&self, t: Instant) -> u64 {
+        let ahead =
+            u64::try_from(t.saturating_duration_since(self.mono).as_millis()).unwrap_or(u64::MAX);
+        self.wall_ms.saturating_add(ahead)
+    }
+}
+
 pub struct Daemon {
+    config_path: PathBuf,
     settings: Settings,
     gateway: Gateway,
     backend: Box<dyn Backend>,
     socket: PktinfoSocket,
     signals: Signals,
+    control: ControlServer,
+    monitor: Option<AddressMonitor>,
+    journal: Journal,
+    epoch_start_ms: u64,
     changes: Vec<FirewallChange>,
     replies: Vec<Reply>,
     drops: DropLog,
 }
 
 impl Daemon {
-    /// Opens the socket and installs an empty table, replacing any leftover.
+    /// Opens the sockets, restores the saved state (or starts a new epoch), rebuilds the
+    /// nftables table from it atomically, then drops privileges.
     pub fn start(
+        config_path: PathBuf,
         settings: Settings,
         mut backend: Box<dyn Backend>,
         seed: u64,
@@ -76,33 +117,65 @@ impl Daemon {
         let signals = Signals::new().context("setting up signal handling")?;
         let socket = PktinfoSocket::bind(natpmp::SERVER_PORT)
             .with_context(|| format!("binding UDP port {}", natpmp::SERVER_PORT))?;
-        backend
-            .install(&[])
-            .context("installing the nftables table")?;
-        let now = Instant::now();
-        let gateway = Gateway::new(
+        let group = settings
+            .control_group
+            .as_deref()
+            .map(group_id)
+            .transpose()?;
+        let control = ControlServer::bind(&settings.control_socket, group).with_context(|| {
+            format!(
+                "creating the control socket {}",
+                settings.control_socket.display()
+            )
+        })?;
+        let monitor = if settings.follow_external_address {
+            Some(AddressMonitor::open().context("following the external address over rtnetlink")?)
+        } else {
+            None
+        };
+
+        let clock = Clock::now();
+        let mut gateway = Gateway::new(
             settings.policy.clone(),
-            now,
+            clock.mono,
             settings.external_address,
             seed,
         );
+        let (epoch_start_ms, forwards) = restore(&mut gateway, &settings, clock);
+        // The kernel gets exactly the restored state: nothing it does not know, nothing missing.
+        backend
+            .install(&forwards)
+            .context("installing the nftables table")?;
+        let snapshot = snapshot(&gateway, clock);
+        gateway.drain_events().for_each(drop);
+        let journal = Journal::create(&settings.state_file, epoch_start_ms, &snapshot)
+            .with_context(|| format!("writing the state file {}", settings.state_file.display()))?;
+
+        crate::privileges::drop_to_net_admin().context("dropping privileges")?;
         info!(
             external = %settings.external_interface,
             address = ?settings.external_address,
             internal = ?settings.policy.internal.iter().map(|i| format!("{} {}", i.name, i.net)).collect::<Vec<_>>(),
+            mappings = forwards.len(),
+            epoch = gateway.epoch(clock.mono),
             "natwarden serving NAT-PMP on port {}",
             natpmp::SERVER_PORT
         );
         Ok(Daemon {
+            config_path,
             settings,
             gateway,
             backend,
             socket,
             signals,
+            control,
+            monitor,
+            journal,
+            epoch_start_ms,
             changes: Vec::new(),
             replies: Vec::new(),
             drops: DropLog {
-                next: now,
+                next: clock.mono,
                 suppressed: 0,
             },
         })
@@ -121,27 +194,41 @@ impl Daemon {
         loop {
             let now = Instant::now();
             self.gateway.handle_timeout(now, &mut self.changes);
-            self.commit(now)?;
+            self.commit()?;
             self.announce(now);
             let timeout = self
                 .gateway
                 .poll_timeout()
                 .map(|t| t.saturating_duration_since(now));
-            let [sock_ready, sig_ready] =
-                poll_readable([self.socket.raw_fd(), self.signals.raw_fd()], timeout)
-                    .context("waiting for events")?;
-            if sig_ready {
-                while let Some(sig) = self.signals.next() {
-                    match sig {
+            let monitor_fd = self.monitor.as_ref().map_or(-1, |m| m.raw_fd());
+            let [sock, sig, ctl, mon] = poll_readable(
+                [
+                    self.socket.raw_fd(),
+                    self.signals.raw_fd(),
+                    self.control.raw_fd(),
+                    monitor_fd,
+                ],
+                timeout,
+            )
+            .context("waiting for events")?;
+            if sig {
+                while let Some(s) = self.signals.next() {
+                    match s {
                         Signal::Terminate => {
                             info!("signal received: shutting down");
                             return Ok(());
                         }
-                        Signal::Reload => warn!("SIGHUP: configuration reload is not supported yet; restart to apply changes"),
+                        Signal::Reload => self.reload()?,
                     }
                 }
             }
-            if sock_ready {
+            if mon && self.monitor.as_ref().is_some_and(|m| m.drain()) {
+                self.follow_external_address()?;
+            }
+            if ctl {
+                self.serve_control()?;
+            }
+            if sock {
                 self.receive_batch(&mut buf)?;
             }
         }
@@ -182,8 +269,9 @@ impl Daemon {
                 }
             }
         }
-        // Replies go out only after the kernel holds what they acknowledge.
-        let committed = self.commit(now)?;
+        // Replies go out only after the kernel holds, and the disk records, what they
+        // acknowledge.
+        let committed = self.commit()?;
         for r in self.replies.drain(..) {
             if !committed {
                 continue;
@@ -198,35 +286,84 @@ impl Daemon {
         Ok(())
     }
 
-    /// Applies pending changes in one batch. If the kernel refuses, the table can no
-    /// longer be trusted to match it: forget every mapping, start a new epoch (clients
-    /// re-map, RFC 6886 section 3.7) and reinstall an empty table. Returns whether the
-    /// changes were committed.
-    fn commit(&mut self, now: Instant) -> anyhow::Result<bool> {
-        if self.changes.is_empty() {
-            return Ok(true);
-        }
-        match self.backend.apply(&self.changes) {
-            Ok(()) => {
-                for c in &self.changes {
-                    log_change(c);
-                }
-                self.changes.clear();
-                Ok(true)
-            }
-            Err(e) => {
+    /// Applies pending firewall changes in one batch, then journals the table changes
+    /// with one fdatasync. If the kernel refuses, the table can no longer be trusted to
+    /// match it: forget every mapping, start a new epoch (clients re-map, RFC 6886
+    /// section 3.7) and reinstall an empty table. Returns whether the changes were
+    /// committed.
+    fn commit(&mut self) -> anyhow::Result<bool> {
+        let clock = Clock::now();
+        if !self.changes.is_empty() {
+            if let Err(e) = self.backend.apply(&self.changes) {
                 error!(
                     "firewall refused {} change(s): {e}; resetting all mappings",
                     self.changes.len()
                 );
                 self.changes.clear();
-                self.gateway.reset(now);
+                self.gateway.reset(clock.mono);
+                self.gateway.drain_events().for_each(drop);
                 self.backend
                     .install(&[])
                     .context("reinstalling the nftables table after a failed change")?;
-                Ok(false)
+                self.epoch_start_ms = clock.wall_ms;
+                self.journal = Journal::create(&self.settings.state_file, self.epoch_start_ms, &[])
+                    .context("rewriting the state file after a failed change")?;
+                return Ok(false);
+            }
+            for c in &self.changes {
+                log_change(c);
+            }
+            self.changes.clear();
+        }
+        let events: Vec<StateEvent> = self.gateway.drain_events().collect();
+        let records: Vec<Record> = events.into_iter().map(|e| self.record(e, clock)).collect();
+        if records.is_empty() {
+            return Ok(true);
+        }
+        if let Err(e) = self.journal.append(&records) {
+            // The kernel and the core agree; only durability is at risk. Keep serving,
+            // loudly, and try a fresh snapshot (which may succeed, e.g. after a rotation).
+            error!(
+                "writing the state journal {} failed: {e}",
+                self.journal.path().display()
+            );
+            self.compact(clock)?;
+        } else if self.journal.wants_compaction(self.gateway.mapping_count()) {
+            self.compact(clock)?;
+        }
+        Ok(true)
+    }
+
+    fn record(&mut self, e: StateEvent, clock: Clock) -> Record {
+        match e {
+            StateEvent::Upsert(m) => Record::Upsert(saved(&m, clock)),
+            StateEvent::Remove(k) => Record::Remove {
+                client: k.client,
+                protocol: k.protocol.name().into(),
+                internal_port: k.internal_port,
+            },
+            StateEvent::NewEpoch => {
+                self.epoch_start_ms = clock.wall_ms;
+                Record::NewEpoch {
+                    epoch_start_ms: clock.wall_ms,
+                }
             }
         }
+    }
+
+    fn compact(&mut self, clock: Clock) -> anyhow::Result<()> {
+        match Journal::create(
+            &self.settings.state_file,
+            self.epoch_start_ms,
+            &snapshot(&self.gateway, clock),
+        ) {
+            Ok(j) => self.journal = j,
+            Err(e) => error!(
+                "compacting the state file {} failed: {e}",
+                self.settings.state_file.display()
+            ),
+        }
+        Ok(())
     }
 
     fn announce(&mut self, now: Instant) {
@@ -243,6 +380,187 @@ impl Daemon {
             }
         }
     }
+
+    /// Re-reads the external interface's address after rtnetlink said something
+    /// changed. A new address starts a new epoch and announcements; no address means
+    /// "network failure" answers until one returns. The forwards need no change: the
+    /// DNAT map is keyed by port on the external interface, whatever its address.
+    fn follow_external_address(&mut self) -> anyhow::Result<()> {
+        let index = self.settings.policy.external_index;
+        let addrs = rtnl::ipv4_addresses().context("reading interface addresses")?;
+        let current = addrs.iter().find(|a| a.index == index).map(|a| a.address);
+        if current != self.gateway.external_address() {
+            match current {
+                Some(a) => {
+                    info!(interface = %self.settings.external_interface, "external address is now {a}: new epoch, announcing")
+                }
+                None => {
+                    warn!(interface = %self.settings.external_interface, "external address lost: answering \"network failure\" until it returns")
+                }
+            }
+            self.gateway.set_external_address(Instant::now(), current);
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: a valid config replaces the running one; anything else is refused and
+    /// the running config kept.
+    fn reload(&mut self) -> anyhow::Result<()> {
+        let new = match config::load_settings(&self.config_path) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("reload refused, keeping the running configuration: {e:#}");
+                return Ok(());
+            }
+        };
+        let old = &self.settings;
+        let fixed = [
+            (
+                "interfaces.external",
+                old.external_interface != new.external_interface,
+            ),
+            ("firewall.backend", old.backend != new.backend),
+            ("firewall.table", old.table != new.table),
+            ("state.file", old.state_file != new.state_file),
+            ("control.socket", old.control_socket != new.control_socket),
+            ("control.group", old.control_group != new.control_group),
+        ];
+        if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            error!("reload refused, keeping the running configuration: {key} changed; restart natwarden to apply it");
+            return Ok(());
+        }
+        for w in &new.warnings {
+            warn!("{w}");
+        }
+        self.gateway
+            .set_policy(new.policy.clone(), &mut self.changes);
+        if !new.follow_external_address {
+            self.gateway
+                .set_external_address(Instant::now(), new.external_address);
+        }
+        self.settings = new;
+        self.commit()?;
+        info!(path = %self.config_path.display(), "configuration reloaded");
+        Ok(())
+    }
+
+    fn serve_control(&mut self) -> anyhow::Result<()> {
+        // A bounded number per wake-up: admin queries never starve the LAN.
+        for _ in 0..8 {
+            let Some((stream, request)) = self.control.accept() else {
+                return Ok(());
+            };
+            let body = match request {
+                Some(control::Request::Status) => {
+                    status::to_json(&self.gateway, &self.settings, Instant::now())
+                }
+                Some(control::Request::Delete {
+                    client,
+                    protocol,
+                    internal_port,
+                }) => match control::Request::delete_target(&protocol, internal_port) {
+                    Some(which) => {
+                        let n = self.gateway.admin_delete(client, which, &mut self.changes);
+                        self.commit()?;
+                        info!(%client, deleted = n, "admin deleted mappings");
+                        serde_json::json!({ "deleted": n })
+                    }
+                    None => {
+                        serde_json::json!({ "error": "give both protocol and internal_port, or neither" })
+                    }
+                },
+                None => serde_json::json!({ "error": "unreadable request" }),
+            };
+            control::respond(stream, &body);
+        }
+        Ok(())
+    }
+}
+
+fn saved(m: &natwarden_core::Mapping, clock: Clock) -> SavedMapping {
+    SavedMapping {
+        client: m.key.client,
+        protocol: m.key.protocol.name().into(),
+        internal_port: m.key.internal_port,
+        external_port: m.external_port,
+        expires_ms: clock.wall_ms_of(m.expires),
+        origin: m.origin.name().into(),
+    }
+}
+
+fn snapshot(gateway: &Gateway, clock: Clock) -> Vec<SavedMapping> {
+    gateway.mappings().map(|m| saved(&m, clock)).collect()
+}
+
+/// Restores what the state file proves; otherwise starts a new epoch and says why.
+/// Returns the epoch's wall-clock start and the forwards to install.
+fn restore(gateway: &mut Gateway, settings: &Settings, clock: Clock) -> (u64, Vec<Forward>) {
+    let path = settings.state_file.display();
+    let (epoch_start_ms, saved) = match state::load(&settings.state_file) {
+        Loaded::Missing => {
+            info!("no state file at {path}: starting a new epoch");
+            return (clock.wall_ms, Vec::new());
+        }
+        Loaded::Damaged { reason, kept_at } => {
+            let kept = kept_at.map_or("could not be moved".into(), |p| {
+                format!("kept at {}", p.display())
+            });
+            warn!("state file {path} is damaged ({reason}; {kept}): starting a new epoch, clients will re-map");
+            return (clock.wall_ms, Vec::new());
+        }
+        Loaded::Restored {
+            epoch_start_ms,
+            mappings,
+        } => (epoch_start_ms, mappings),
+    };
+    let Some(elapsed) = clock.wall_ms.checked_sub(epoch_start_ms) else {
+        warn!("state file {path} starts its epoch in the future (clock moved back?): starting a new epoch");
+        return (clock.wall_ms, Vec::new());
+    };
+    gateway.continue_epoch(
+        clock.mono,
+        u32::try_from(elapsed / 1000).unwrap_or(u32::MAX),
+    );
+    let mut forwards = Vec::new();
+    for m in saved {
+        let (Some(key), Some(origin)) = (m.key(), m.origin()) else {
+            continue;
+        };
+        let Some(left) = m.expires_ms.checked_sub(clock.wall_ms).filter(|&l| l > 0) else {
+            continue; // expired while the daemon was down
+        };
+        match gateway.restore(
+            clock.mono,
+            key,
+            m.external_port,
+            Duration::from_millis(left),
+            origin,
+        ) {
+            Ok(f) => forwards.push(f),
+            Err(e) => {
+                warn!(client = %m.client, port = m.internal_port, "not restoring a saved mapping: {e}")
+            }
+        }
+    }
+    info!(
+        "restored {} mapping(s) from {path}; epoch continues at {} s",
+        forwards.len(),
+        elapsed / 1000
+    );
+    (epoch_start_ms, forwards)
+}
+
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name).context("control.group contains a NUL byte")?;
+    // SAFETY: getgrnam reads a valid C string; the result is checked for NULL and read
+    // before any other call could reuse its static buffer.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        anyhow::bail!("control.group: no group named `{name}`; create it or remove the key");
+    }
+    // SAFETY: non-null pointer to the static group struct just returned.
+    Ok(unsafe { (*gr).gr_gid })
 }
 
 fn log_change(c: &FirewallChange) {

@@ -2,19 +2,23 @@
 //! This file only wires the command line to the modules that do the work.
 
 mod config;
+mod control;
 mod daemon;
 mod facts;
+mod privileges;
 mod signals;
+mod state;
+mod status;
 mod udp;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use natwarden_firewall::{Backend, NftConfig, Nftables, NoneBackend};
 
-use crate::config::{BackendKind, Settings};
+use crate::config::BackendKind;
 
 #[derive(Parser)]
 #[command(
@@ -29,13 +33,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway daemon.
+    /// Run the gateway daemon (SIGHUP reloads the config, SIGTERM/SIGINT remove the
+    /// nftables table and exit).
     Serve {
         #[arg(long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Check a config file against this machine's interfaces and exit.
     CheckConfig {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Show the running daemon's mappings, external address, epoch and counters.
+    Status {
+        /// One JSON document instead of lines for a person.
+        #[arg(long)]
+        json: bool,
+        /// Remove mappings: CLIENT (all of its mappings) or CLIENT:PORT/PROTO.
+        #[arg(long, value_name = "CLIENT[:PORT/PROTO]")]
+        delete: Option<String>,
+        /// The control socket (default: `[control] socket` of the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
         #[arg(long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
@@ -53,28 +72,6 @@ fn init_logging() {
         .init();
 }
 
-/// Loads and validates; prints every problem with its key and fix.
-fn settings(path: &std::path::Path) -> anyhow::Result<Settings> {
-    let cfg = config::load(path)?;
-    let facts = facts::gather(&cfg)?;
-    match config::validate(&cfg, &facts) {
-        Ok(s) => {
-            for w in &s.warnings {
-                tracing::warn!("{w}");
-            }
-            Ok(s)
-        }
-        Err(problems) => {
-            let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
-            anyhow::bail!(
-                "refusing unsafe or invalid configuration {}:\n{}",
-                path.display(),
-                list.join("\n")
-            )
-        }
-    }
-}
-
 fn seed() -> u64 {
     let mut b = [0u8; 8];
     // SAFETY: getrandom writes at most b.len() bytes into `b`.
@@ -86,8 +83,11 @@ fn seed() -> u64 {
     u64::from_ne_bytes(b)
 }
 
-fn serve(path: &std::path::Path) -> anyhow::Result<()> {
-    let s = settings(path)?;
+fn serve(path: &Path) -> anyhow::Result<()> {
+    let s = config::load_settings(path)?;
+    for w in &s.warnings {
+        tracing::warn!("{w}");
+    }
     let backend: Box<dyn Backend> = match s.backend {
         BackendKind::Nftables => Box::new(
             Nftables::new(NftConfig {
@@ -103,7 +103,46 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             Box::new(NoneBackend::default())
         }
     };
-    daemon::Daemon::start(s, backend, seed())?.run()
+    daemon::Daemon::start(path.to_path_buf(), s, backend, seed())?.run()
+}
+
+fn check_config(path: &Path) -> anyhow::Result<()> {
+    let s = config::load_settings(path)?;
+    for w in &s.warnings {
+        println!("warning: {w}");
+    }
+    println!("{}: configuration is valid and safe", path.display());
+    Ok(())
+}
+
+fn status(
+    json: bool,
+    delete: Option<String>,
+    socket: Option<PathBuf>,
+    config_path: &Path,
+) -> anyhow::Result<()> {
+    // The socket path comes from the config when it can be read; the CLI works without.
+    let socket = socket.unwrap_or_else(|| {
+        config::load(config_path)
+            .map(|c| c.control.socket)
+            .unwrap_or_else(|_| PathBuf::from(control::DEFAULT_SOCKET))
+    });
+    let request = match &delete {
+        Some(spec) => control::Request::parse_delete(spec).map_err(anyhow::Error::msg)?,
+        None => control::Request::Status,
+    };
+    let answer = control::query(&socket, &request)?;
+    if let Some(e) = answer.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("the daemon refused: {e}");
+    }
+    if json {
+        println!("{answer}");
+    } else if delete.is_some() {
+        println!("deleted {} mapping(s)", answer["deleted"]);
+    } else {
+        print!("{}", status::render(&answer));
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -111,12 +150,13 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
-        Command::CheckConfig { config } => settings(&config).map(|s| {
-            for w in &s.warnings {
-                println!("warning: {w}");
-            }
-            println!("{}: configuration is valid and safe", config.display());
-        }),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Status {
+            json,
+            delete,
+            socket,
+            config,
+        } => status(json, delete, socket, &config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -105,9 +105,31 @@ impl Lab {
             assert!(text.contains(old), "example config lacks `{old}`");
             text = text.replace(old, new);
         }
-        let state = self.dir.join("state.json");
-        text = text.replace("/var/lib/natwarden/state.json", &state.to_string_lossy());
+        text = text.replace(
+            "/var/lib/natwarden/state.json",
+            &self.state_file().to_string_lossy(),
+        );
+        text = text.replace(
+            "/run/natwarden/control.sock",
+            &self.control_socket().to_string_lossy(),
+        );
         self.write(name, &text)
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// `natwarden status --json` of the lab's daemon.
+    pub fn status(&self) -> serde_json::Value {
+        let sock = self.control_socket();
+        let o = self.natwarden(&["status", "--json", "--socket", &sock.to_string_lossy()]);
+        assert!(o.status.success(), "status failed: {}", all_output(&o));
+        serde_json::from_slice(&o.stdout).expect("status --json is JSON")
     }
 
     pub fn natwarden(&self, args: &[&str]) -> Output {
@@ -232,6 +254,26 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("daemon log never showed `{needle}`:\n{}", self.log_text());
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+
+    /// `kill -9`: the daemon gets no chance to clean up.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// SIGTERM and wait (bounded); returns the exit code.

@@ -1,0 +1,401 @@
+//! The state journal: every acknowledged mapping survives `kill -9`. An append-only
+//! file of JSON lines, made durable (fdatasync) once per batch before replies go out,
+//! and compacted into a fresh snapshot (temp file, fsync, rename) as it grows.
+//!
+//! Times in the file are wall-clock (Unix milliseconds); inside a run the daemon uses
+//! the monotonic clock only. A torn last line is a record that was never acknowledged
+//! and is ignored; any other damage means the state cannot be proven, so the file is
+//! moved aside and the daemon starts a new epoch (RFC 6886 section 3.6).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use natwarden_core::{MappingKey, Origin};
+use natwarden_wire::Protocol;
+use serde::{Deserialize, Serialize};
+
+const VERSION: u32 = 1;
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Record {
+    /// First line: format version and when the epoch counter was zero.
+    Header {
+        version: u32,
+        epoch_start_ms: u64,
+    },
+    Upsert(SavedMapping),
+    Remove {
+        client: Ipv4Addr,
+        protocol: String,
+        internal_port: u16,
+    },
+    NewEpoch {
+        epoch_start_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedMapping {
+    pub client: Ipv4Addr,
+    pub protocol: String,
+    pub internal_port: u16,
+    pub external_port: u16,
+    pub expires_ms: u64,
+    pub origin: String,
+}
+
+impl SavedMapping {
+    pub fn key(&self) -> Option<MappingKey> {
+        Some(MappingKey {
+            client: self.client,
+            protocol: protocol_from(&self.protocol)?,
+            internal_port: self.internal_port,
+        })
+    }
+
+    pub fn origin(&self) -> Option<Origin> {
+        match self.origin.as_str() {
+            "nat-pmp" => Some(Origin::NatPmp),
+            _ => None,
+        }
+    }
+}
+
+pub fn protocol_from(s: &str) -> Option<Protocol> {
+    match s {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What was found on disk at start-up.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No state file: a first start, or the admin removed it.
+    Missing,
+    Restored {
+        epoch_start_ms: u64,
+        /// Live mappings in file order (the last record per key wins).
+        mappings: Vec<SavedMapping>,
+    },
+    /// The file could not be proven intact; it was moved to `kept_at`.
+    Damaged {
+        reason: String,
+        kept_at: Option<PathBuf>,
+    },
+}
+
+pub fn load(path: &Path) -> Loaded {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Loaded::Missing,
+        Err(e) => return damaged(path, format!("cannot read it: {e}")),
+    };
+    match replay(&bytes) {
+        Ok((epoch_start_ms, mappings)) => Loaded::Restored {
+            epoch_start_ms,
+            mappings,
+        },
+        Err(reason) => damaged(path, reason),
+    }
+}
+
+/// Keeps a damaged file for the admin, never overwriting an earlier one.
+fn damaged(path: &Path, reason: String) -> Loaded {
+    let stamp = unix_ms(SystemTime::now());
+    let mut kept = path.with_extension(format!("damaged-{stamp}"));
+    let mut n = 0;
+    while kept.exists() && n < 100 {
+        n += 1;
+        kept = path.with_extension(format!("damaged-{stamp}-{n}"));
+    }
+    let kept_at = fs::rename(path, &kept).ok().map(|_| kept);
+    Loaded::Damaged { reason, kept_at }
+}
+
+/// Replays the journal into the live set of mappings.
+pub fn replay(bytes: &[u8]) -> Result<(u64, Vec<SavedMapping>), String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    // Only newline-terminated lines were ever made durable before an acknowledgement;
+    // a tail without its newline is a write that `kill -9` cut short.
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    let mut lines = complete.lines().enumerate();
+    let mut epoch_start_ms = match lines.next() {
+        Some((_, l)) => match serde_json::from_str(l) {
+            Ok(Record::Header {
+                version: VERSION,
+                epoch_start_ms,
+            }) => epoch_start_ms,
+            Ok(Record::Header { version, .. }) => {
+                return Err(format!("unknown format version {version}"))
+            }
+            _ => return Err("line 1 is not a header".into()),
+        },
+        None => return Err("no header".into()),
+    };
+    let mut live: Vec<SavedMapping> = Vec::new();
+    let mut index: std::collections::HashMap<(Ipv4Addr, String, u16), usize> = Default::default();
+    for (i, line) in lines {
+        let record: Record =
+            serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+        match record {
+            Record::Header { .. } => return Err(format!("line {}: a second header", i + 1)),
+            Record::Upsert(m) => {
+                if m.key().is_none() || m.origin().is_none() {
+                    return Err(format!("line {}: unknown protocol or origin", i + 1));
+                }
+                let k = (m.client, m.protocol.clone(), m.internal_port);
+                match index.get(&k) {
+                    Some(&at) => live[at] = m,
+                    None => {
+                        index.insert(k, live.len());
+                        live.push(m);
+                    }
+                }
+            }
+            Record::Remove {
+                client,
+                protocol,
+                internal_port,
+            } => {
+                if let Some(at) = index.remove(&(client, protocol, internal_port)) {
+                    // Swap-remove keeps this O(1); fix the moved entry's index.
+                    live.swap_remove(at);
+                    if let Some(moved) = live.get(at) {
+                        index.insert(
+                            (moved.client, moved.protocol.clone(), moved.internal_port),
+                            at,
+                        );
+                    }
+                }
+            }
+            Record::NewEpoch { epoch_start_ms: t } => {
+                // State was deliberately dropped at that point: nothing before it lives.
+                epoch_start_ms = t;
+                live.clear();
+                index.clear();
+            }
+        }
+    }
+    Ok((epoch_start_ms, live))
+}
+
+/// The open journal.
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    appended: usize,
+    buf: Vec<u8>,
+}
+
+impl Journal {
+    /// Writes a fresh snapshot (temp file, fsync, rename, fsync of the directory) and
+    /// opens it for appending.
+    pub fn create(
+        path: &Path,
+        epoch_start_ms: u64,
+        mappings: &[SavedMapping],
+    ) -> io::Result<Journal> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(dir)?;
+        let tmp = path.with_extension("tmp");
+        let mut buf = Vec::with_capacity(64 + mappings.len() * 128);
+        line(
+            &mut buf,
+            &Record::Header {
+                version: VERSION,
+                epoch_start_ms,
+            },
+        )?;
+        for m in mappings {
+            line(&mut buf, &Record::Upsert(m.clone()))?;
+        }
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all(&buf)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()?;
+        let file = OpenOptions::new().append(true).open(path)?;
+        Ok(Journal {
+            path: path.to_path_buf(),
+            file,
+            appended: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends records and makes them durable with one fdatasync (group commit).
+    pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.buf.clear();
+        for r in records {
+            line(&mut self.buf, r)?;
+        }
+        self.file.write_all(&self.buf)?;
+        self.file.sync_data()?;
+        self.appended += records.len();
+        Ok(())
+    }
+
+    /// Compaction pays off once the log holds far more records than live mappings.
+    pub fn wants_compaction(&self, live: usize) -> bool {
+        self.appended > 4096 && self.appended > 2 * live
+    }
+}
+
+fn line(buf: &mut Vec<u8>, r: &Record) -> io::Result<()> {
+    serde_json::to_writer(&mut *buf, r).map_err(io::Error::other)?;
+    buf.push(b'\n');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved(port: u16, expires_ms: u64) -> SavedMapping {
+        SavedMapping {
+            client: Ipv4Addr::new(192, 168, 1, 10),
+            protocol: "tcp".into(),
+            internal_port: port,
+            external_port: port,
+            expires_ms,
+            origin: "nat-pmp".into(),
+        }
+    }
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "natwarden-state-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    #[test]
+    fn snapshot_then_appends_replay_to_the_live_set() {
+        let d = dir();
+        let path = d.join("state.json");
+        let mut j = Journal::create(&path, 1000, &[saved(1, 5), saved(2, 5)]).expect("create");
+        j.append(&[
+            Record::Upsert(saved(1, 9)),
+            Record::Remove {
+                client: Ipv4Addr::new(192, 168, 1, 10),
+                protocol: "tcp".into(),
+                internal_port: 2,
+            },
+            Record::Upsert(saved(3, 7)),
+        ])
+        .expect("append");
+        match load(&path) {
+            Loaded::Restored {
+                epoch_start_ms,
+                mappings,
+            } => {
+                assert_eq!(epoch_start_ms, 1000);
+                assert_eq!(mappings, vec![saved(1, 9), saved(3, 7)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_torn_last_line_was_never_acknowledged_and_is_ignored() {
+        let mut bytes = b"{\"header\":{\"version\":1,\"epoch_start_ms\":5}}\n".to_vec();
+        let mut rec = serde_json::to_vec(&Record::Upsert(saved(1, 9))).expect("json");
+        rec.push(b'\n');
+        bytes.extend_from_slice(&rec);
+        bytes.extend_from_slice(&rec[..rec.len() / 2]);
+        assert_eq!(replay(&bytes), Ok((5, vec![saved(1, 9)])));
+    }
+
+    #[test]
+    fn new_epoch_drops_everything_before_it() {
+        let d = dir();
+        let path = d.join("s.json");
+        let mut j = Journal::create(&path, 1, &[saved(1, 5)]).expect("create");
+        j.append(&[
+            Record::NewEpoch { epoch_start_ms: 77 },
+            Record::Upsert(saved(2, 8)),
+        ])
+        .expect("append");
+        match load(&path) {
+            Loaded::Restored {
+                epoch_start_ms,
+                mappings,
+            } => assert_eq!((epoch_start_ms, mappings), (77, vec![saved(2, 8)])),
+            other => panic!("{other:?}"),
+        }
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn damage_is_reported_and_the_file_kept_aside() {
+        let d = dir();
+        let path = d.join("state.json");
+        fs::write(
+            &path,
+            "{\"header\":{\"version\":1,\"epoch_start_ms\":5}}\ngarbage\n{}\n",
+        )
+        .expect("write");
+        match load(&path) {
+            Loaded::Damaged {
+                reason,
+                kept_at: Some(kept),
+            } => {
+                assert!(reason.contains("line 2"), "{reason}");
+                assert!(
+                    !path.exists(),
+                    "the damaged file must not stay where it would be overwritten"
+                );
+                assert!(fs::read_to_string(&kept).expect("kept").contains("garbage"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(load(&path), Loaded::Missing));
+        for bad in [
+            &b""[..],
+            b"\xff\xfe\n",
+            b"{\"upsert\":1}\n",
+            b"{\"header\":{\"version\":9,\"epoch_start_ms\":5}}\n",
+        ] {
+            assert!(replay(bad).is_err(), "{bad:?}");
+        }
+        let _ = fs::remove_dir_all(&d);
+    }
+}

@@ -1,0 +1,126 @@
+//! What `natwarden status` shows: the daemon renders its state as JSON for the control
+//! socket, and the CLI turns that JSON into lines for a person.
+
+use std::time::Instant;
+
+use natwarden_core::{DropReason, Gateway};
+
+use serde_json::{json, Value};
+
+use crate::config::Settings;
+
+const RESULT_NAMES: [&str; 6] = [
+    "success",
+    "unsupported-version",
+    "not-authorized",
+    "network-failure",
+    "out-of-resources",
+    "unsupported-opcode",
+];
+
+pub fn to_json(gw: &Gateway, settings: &Settings, now: Instant) -> Value {
+    let mut mappings: Vec<Value> = gw
+        .mappings()
+        .map(|m| {
+            json!({
+                "client": m.key.client.to_string(),
+                "protocol": m.key.protocol.name(),
+                "internal_port": m.key.internal_port,
+                "external_port": m.external_port,
+                "lifetime_left": m.expires.saturating_duration_since(now).as_secs(),
+                "origin": m.origin.name(),
+            })
+        })
+        .collect();
+    mappings.sort_by_key(|m| {
+        (
+            m["client"].as_str().map(str::to_owned),
+            m["protocol"].as_str().map(str::to_owned),
+            m["internal_port"].as_u64(),
+        )
+    });
+    let s = gw.stats();
+    let results: serde_json::Map<String, Value> = RESULT_NAMES
+        .iter()
+        .zip(s.results.iter())
+        .map(|(n, c)| ((*n).to_string(), json!(c)))
+        .collect();
+    let drops: serde_json::Map<String, Value> = DropReason::ALL
+        .iter()
+        .map(|r| (r.name().to_string(), json!(s.drops_for(*r))))
+        .collect();
+    json!({
+        "external_interface": settings.external_interface,
+        "external_address": gw.external_address().map(|a| a.to_string()),
+        "epoch": gw.epoch(now),
+        "mappings": mappings,
+        "counters": {
+            "requests": s.requests,
+            "results": results,
+            "drops": drops,
+            "wan_drops": s.drops_for(DropReason::ExternalInterface),
+            "mappings_created": s.mappings_created,
+            "mappings_expired": s.mappings_expired,
+        },
+    })
+}
+
+/// One line per fact, then one per mapping.
+pub fn render(v: &Value) -> String {
+    let mut out = String::new();
+    let addr = v["external_address"]
+        .as_str()
+        .unwrap_or("none (answering network failure)");
+    out.push_str(&format!(
+        "external address: {addr} on {}\n",
+        v["external_interface"].as_str().unwrap_or("?")
+    ));
+    out.push_str(&format!("epoch: {} s\n", v["epoch"]));
+    let c = &v["counters"];
+    out.push_str(&format!("requests: {}\n", c["requests"]));
+    if let Some(r) = c["results"].as_object() {
+        let refused: Vec<String> = r
+            .iter()
+            .filter(|(k, n)| *k != "success" && n.as_u64().unwrap_or(0) > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        out.push_str(&format!(
+            "granted: {}; refused: {}\n",
+            r.get("success").cloned().unwrap_or(json!(0)),
+            if refused.is_empty() {
+                "none".into()
+            } else {
+                refused.join(", ")
+            }
+        ));
+    }
+    if let Some(d) = c["drops"].as_object() {
+        let dropped: Vec<String> = d
+            .iter()
+            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        out.push_str(&format!(
+            "dropped: {}\n",
+            if dropped.is_empty() {
+                "none".into()
+            } else {
+                dropped.join(", ")
+            }
+        ));
+    }
+    let mappings = v["mappings"].as_array().cloned().unwrap_or_default();
+    out.push_str(&format!("mappings: {}\n", mappings.len()));
+    for m in mappings {
+        out.push_str(&format!(
+            "  {} {}:{} <- external port {}, {} s left, by {}\n",
+            m["protocol"].as_str().unwrap_or("?"),
+            m["client"].as_str().unwrap_or("?"),
+            m["internal_port"],
+            m["external_port"],
+            m["lifetime_left"],
+            m["origin"].as_str().unwrap_or("?"),
+        ));
+    }
+    out
+}

@@ -166,3 +166,42 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The shipped man pages (dist/man: natwarden.8 and one page per subcommand) are
+    /// generated from the CLI definition; regenerate them with
+    /// `UPDATE_MAN=1 cargo test -p natwarden man_pages` when the CLI changes.
+    #[test]
+    fn man_pages_are_current() {
+        let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/man"));
+        let cli = super::Cli::command();
+        let mut pages = vec![("natwarden.8".to_string(), cli.clone())];
+        for sub in cli.get_subcommands() {
+            let name = format!("natwarden-{}", sub.get_name());
+            let file = format!("{name}.8");
+            // clap names are &'static str; leaking a few short strings in a test is fine.
+            pages.push((file, sub.clone().name(&*Box::leak(name.into_boxed_str()))));
+        }
+        let update = std::env::var_os("UPDATE_MAN").is_some();
+        for (file, cmd) in pages {
+            let mut generated = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .section("8")
+                .render(&mut generated)
+                .expect("rendering a man page");
+            let path = dir.join(&file);
+            if update {
+                std::fs::create_dir_all(dir).expect("creating dist/man");
+                std::fs::write(&path, &generated).expect("writing a man page");
+            }
+            let shipped = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                shipped == generated,
+                "dist/man/{file} is stale: run UPDATE_MAN=1 cargo test -p natwarden man_pages"
+            );
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! No allocation, no I/O, no logging: `parse` never panics, `emit` writes into a caller's buffer.
 
 pub mod natpmp;
+pub mod pcp;
 
 /// The protocol version of a datagram received on the shared NAT-PMP/PCP port: its first byte,
 /// 0 for NAT-PMP and 2 for PCP (RFC 6886 section 1.1). `None` if the datagram is empty.

@@ -1,21 +1,19 @@
-//! The NAT-PMP gateway state machine: `(now, ingress facts, bytes) -> (reply, firewall
+//! The gateway state machine: `(now, ingress facts, bytes) -> (reply, firewall
 //! changes)`, plus timers for expiry and announcements. No sockets, no clock.
+//! NAT-PMP and PCP share its ingress rules, mapping table and epoch.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use natwarden_wire::natpmp::{
-    self, ExternalAddressResponse, MapRequest, MapResponse, ParseError, Request, ResultCode,
-};
-use natwarden_wire::Protocol;
+use natwarden_wire::{natpmp, pcp, Protocol};
 
-use crate::firewall::{FirewallChange, Forward};
+use crate::firewall::{FirewallChange, Installed};
 use crate::policy::{Permissions, Policy};
 use crate::ratelimit::RateLimiter;
-use crate::table::{Mapping, MappingKey, MappingTable, Origin};
+use crate::table::{Mapping, MappingKey, MappingTable, Nonce, Origin};
 
-/// Largest reply the core writes: an "unsupported opcode" echo of a request is capped
-/// here (RFC 6886 section 3.5 returns "the entire request").
+/// Largest reply the core writes (PCP's maximum message size, RFC 6887 section 7; an
+/// "unsupported opcode" echo of a NAT-PMP request is capped here too).
 pub const MAX_REPLY: usize = 1100;
 
 /// RFC 6886 section 3.2.1: 10 announcements, the first two 250 ms apart, then doubling.
@@ -23,13 +21,13 @@ const ANNOUNCE_COUNT: u8 = 10;
 const ANNOUNCE_FIRST_INTERVAL: Duration = Duration::from_millis(250);
 const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// What the socket layer knows about a datagram (from IP_PKTINFO): the interface it
-/// came in on, who sent it, and which of our addresses it was sent to.
+/// What the socket layer knows about a datagram (from IP_PKTINFO/IPV6_PKTINFO): the
+/// interface it came in on, who sent it, and which of our addresses it was sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ingress {
     pub interface: u32,
-    pub source: SocketAddrV4,
-    pub destination: Ipv4Addr,
+    pub source: SocketAddr,
+    pub destination: IpAddr,
 }
 
 /// Why a datagram got no answer. Silence is the answer to anything from outside
@@ -44,12 +42,13 @@ pub enum DropReason {
     /// address, another interface's address, broadcast or multicast).
     NotToInternalAddress,
     /// The source is not a host of the internal subnet it arrived from (spoofed, the
-    /// gateway itself, the subnet's network or broadcast address).
+    /// gateway itself, the subnet's network or broadcast address, link-local).
     ClientNotAllowed,
     RateLimited,
-    /// Too short, too long, or otherwise not a NAT-PMP request.
+    /// Too short, too long, or otherwise not a request we can answer.
     Malformed,
-    /// A response (opcode >= 128) sent to the server: RFC 6886 section 3.5 says ignore.
+    /// A response sent to the server: RFC 6886 section 3.5 and RFC 6887 section 8.3
+    /// say ignore.
     NotARequest,
 }
 
@@ -90,6 +89,25 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
+/// Counters for the status view and the logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub requests: u64,
+    /// NAT-PMP replies sent, indexed by result code 0..=5.
+    pub results: [u64; 6],
+    /// PCP replies sent, indexed by result code 0..=13.
+    pub pcp_results: [u64; 14],
+    pub drops: [u64; 7],
+    pub mappings_created: u64,
+    pub mappings_expired: u64,
+}
+
+impl Stats {
+    pub fn drops_for(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+}
+
 /// A change to the mapping table, for the daemon's state journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateEvent {
@@ -111,20 +129,25 @@ pub enum RestoreError {
     Conflict,
 }
 
-/// Counters for the status view and the logs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub requests: u64,
-    /// Replies sent, indexed by NAT-PMP result code 0..=5.
-    pub results: [u64; 6],
-    pub drops: [u64; 7],
-    pub mappings_created: u64,
-    pub mappings_expired: u64,
+/// Where an unsolicited announcement goes: 224.0.0.1:5350 or [ff02::1]:5350, on
+/// every internal interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Multicast {
+    V4,
+    V6,
 }
 
-impl Stats {
-    pub fn drops_for(&self, reason: DropReason) -> u64 {
-        self.drops[reason.index()]
+/// One unsolicited announcement (RFC 6886 section 3.2.1, RFC 6887 section 14.1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announcement {
+    pub to: Multicast,
+    pub len: usize,
+    pub bytes: [u8; 24],
+}
+
+impl Announcement {
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
@@ -145,24 +168,53 @@ impl Announcer {
     }
 }
 
+/// What a mapping request asks for, whichever protocol carried it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ask {
+    pub client: IpAddr,
+    pub protocol: Protocol,
+    pub internal_port: u16,
+    pub suggested_port: u16,
+    pub lifetime: u32,
+    pub origin: Origin,
+    pub nonce: Option<Nonce>,
+    pub prefer_failure: bool,
+    /// PEER (outbound) rather than MAP (inbound).
+    pub peer: bool,
+}
+
+/// Why a mapping request is refused, whichever protocol carried it; each protocol
+/// turns it into its own result code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    NotAuthorized,
+    /// The mapping exists under another PCP nonce (RFC 6887 section 11.3).
+    NonceMismatch,
+    Quota,
+    NoPorts,
+    NetworkFailure,
+    /// PREFER_FAILURE and the suggested port cannot be had (RFC 6887 section 13.2).
+    CannotProvide,
+}
+
 /// The gateway: policy, mapping table, epoch and timers.
 #[derive(Debug)]
 pub struct Gateway {
-    policy: Policy,
-    permissions: Permissions,
-    table: MappingTable,
+    pub(crate) policy: Policy,
+    pub(crate) permissions: Permissions,
+    pub(crate) table: MappingTable,
     limiter: RateLimiter,
     /// The epoch counter is `epoch_offset` seconds at `epoch_start`: a restart that
     /// restored its state continues the epoch instead of resetting it.
     epoch_start: Instant,
     epoch_offset: u32,
-    external_address: Option<Ipv4Addr>,
+    pub(crate) external_address: Option<Ipv4Addr>,
     /// Table changes not yet persisted, drained by the daemon's state journal.
     events: Vec<StateEvent>,
     announcer: Announcer,
     next_prune: Instant,
     rng: u64,
-    stats: Stats,
+    pub(crate) stats: Stats,
 }
 
 impl Gateway {
@@ -204,7 +256,7 @@ impl Gateway {
         self.external_address
     }
 
-    /// RFC 6886 section 3.6 "Seconds Since Start of Epoch".
+    /// RFC 6886 section 3.6 "Seconds Since Start of Epoch", RFC 6887 section 8.5.
     pub fn epoch(&self, now: Instant) -> u32 {
         let secs = now.saturating_duration_since(self.epoch_start).as_secs();
         u32::try_from(secs)
@@ -218,6 +270,24 @@ impl Gateway {
 
     pub fn mapping_count(&self) -> usize {
         self.table.len()
+    }
+
+    /// Everything the kernel should hold now, for an atomic reinstall.
+    pub fn installed(&self) -> Installed {
+        let mut changes = Vec::new();
+        for m in self.table.iter() {
+            m.kernel_changes(true, &mut changes);
+        }
+        let mut out = Installed::default();
+        for c in changes {
+            match c {
+                FirewallChange::Add(f) => out.forwards.push(f),
+                FirewallChange::AddOutbound(o) => out.outbound.push(o),
+                FirewallChange::AddPinhole(p) => out.pinholes.push(p),
+                _ => {}
+            }
+        }
+        out
     }
 
     /// Handles one datagram. The reply, if any, is written to `reply` (at least
@@ -236,19 +306,31 @@ impl Gateway {
         let verdict = self.decide(now, ingress, datagram, reply, changes);
         match verdict {
             Verdict::Drop(r) => self.stats.drops[r.index()] += 1,
-            Verdict::Reply(n) => {
-                // Bytes 2..4 of every NAT-PMP reply are its result code.
-                let code = reply
-                    .get(2..4)
-                    .filter(|_| n >= 4)
-                    .map(|b| u16::from_be_bytes([b[0], b[1]]))
-                    .unwrap_or(0);
-                if let Some(slot) = self.stats.results.get_mut(usize::from(code)) {
+            Verdict::Reply(n) => self.count_result(&reply[..n.min(reply.len())]),
+        }
+        verdict
+    }
+
+    fn count_result(&mut self, reply: &[u8]) {
+        match reply {
+            // NAT-PMP: the result code is bytes 2..4.
+            [0, _, hi, lo, ..] => {
+                if let Some(slot) = self
+                    .stats
+                    .results
+                    .get_mut(usize::from(u16::from_be_bytes([*hi, *lo])))
+                {
                     *slot += 1;
                 }
             }
+            // PCP: byte 3.
+            [pcp::VERSION, _, _, code, ..] => {
+                if let Some(slot) = self.stats.pcp_results.get_mut(usize::from(*code)) {
+                    *slot += 1;
+                }
+            }
+            _ => {}
         }
-        verdict
     }
 
     fn decide(
@@ -262,52 +344,40 @@ impl Gateway {
         if let Err(reason) = self.check_ingress(ingress) {
             return Verdict::Drop(reason);
         }
-        let client = *ingress.source.ip();
-        if !self.limiter.allow(now, client) {
+        if !self.limiter.allow(now, ingress.source.ip()) {
             return Verdict::Drop(DropReason::RateLimited);
         }
-        let epoch = self.epoch(now);
-        let request = match Request::parse(datagram) {
-            Ok(r) => r,
-            Err(ParseError::UnsupportedVersion { .. }) => {
-                let r = natpmp::Response::UnsupportedVersion { epoch };
-                return Verdict::Reply(r.emit(reply));
-            }
-            Err(ParseError::UnsupportedOpcode { .. }) => {
-                let cap = reply.len().min(MAX_REPLY);
-                return Verdict::Reply(natpmp::emit_unsupported_opcode(
-                    datagram,
-                    &mut reply[..cap],
-                ));
-            }
-            Err(ParseError::NotARequest { .. }) => return Verdict::Drop(DropReason::NotARequest),
-            Err(_) => return Verdict::Drop(DropReason::Malformed),
+        let cap = reply.len().min(MAX_REPLY);
+        let reply = &mut reply[..cap];
+        // RFC 6887 section 9 and Appendix A: the version byte chooses the protocol; a
+        // server without one answers that protocol's requests with the other's
+        // "unsupported version", so clients fall back.
+        let Some(&version) = datagram.first() else {
+            return Verdict::Drop(DropReason::Malformed);
         };
-        let response = match request {
-            Request::ExternalAddress => {
-                natpmp::Response::ExternalAddress(match self.external_address {
-                    Some(address) => ExternalAddressResponse {
-                        result: ResultCode::SUCCESS,
-                        epoch,
-                        address,
-                    },
-                    // Section 3.5: "e.g., NAT box itself has not obtained a DHCP lease".
-                    None => ExternalAddressResponse {
-                        result: ResultCode::NETWORK_FAILURE,
-                        epoch,
-                        address: Ipv4Addr::UNSPECIFIED,
-                    },
-                })
+        let v4 = ingress.source.is_ipv4();
+        match version {
+            natpmp::VERSION if self.policy.nat_pmp && v4 => {
+                self.serve_natpmp(now, ingress, datagram, reply, changes)
             }
-            Request::Map(req) => natpmp::Response::Map(self.map(now, client, req, epoch, changes)),
-        };
-        Verdict::Reply(response.emit(reply))
+            pcp::VERSION if self.policy.pcp => {
+                self.serve_pcp(now, ingress, datagram, reply, changes)
+            }
+            _ if datagram.get(1).is_some_and(|op| op & 0x80 != 0) => {
+                Verdict::Drop(DropReason::NotARequest)
+            }
+            _ if self.policy.pcp => self.pcp_unsupported_version(now, datagram, reply),
+            // NAT-PMP only, and NAT-PMP is IPv4 only.
+            _ if v4 => self.natpmp_unsupported_version(now, reply),
+            _ => Verdict::Drop(DropReason::Malformed),
+        }
     }
 
     /// RFC 6886 section 3.3: "Only packets received on the internal interface(s) with
     /// a destination address matching the internal address(es) of the NAT gateway
     /// should be allowed", and the mapping goes to the source address, which must
-    /// therefore be a genuine host of that interface's subnet.
+    /// therefore be a genuine host of that interface's subnet. RFC 6887 section 8.3
+    /// applies the same to PCP.
     fn check_ingress(&self, ingress: &Ingress) -> Result<(), DropReason> {
         if ingress.interface == self.policy.external_index {
             return Err(DropReason::ExternalInterface);
@@ -318,136 +388,205 @@ impl Gateway {
             .iter()
             .find(|i| i.index == ingress.interface)
             .ok_or(DropReason::NotInternalInterface)?;
-        if ingress.destination != iface.net.addr() {
+        if !iface.owns(ingress.destination) {
             return Err(DropReason::NotToInternalAddress);
         }
-        if self.client_allowed(ingress) {
+        if self.host_allowed(ingress.interface, ingress.source.ip()) {
             Ok(())
         } else {
             Err(DropReason::ClientNotAllowed)
         }
     }
 
-    /// Whether the source of a datagram that arrived on an internal interface is a
-    /// genuine host of that interface's subnet (or of an allowed range).
-    fn client_allowed(&self, ingress: &Ingress) -> bool {
-        let Some(iface) = self
-            .policy
-            .internal
-            .iter()
-            .find(|i| i.index == ingress.interface)
-        else {
+    /// Whether `client` is a genuine host of interface `interface`'s subnets (or of an
+    /// allowed range): never the gateway itself, a network or broadcast address, or a
+    /// multicast, loopback, unspecified or link-local address.
+    pub(crate) fn host_allowed(&self, interface: u32, client: IpAddr) -> bool {
+        let Some(iface) = self.policy.internal.iter().find(|i| i.index == interface) else {
             return false;
         };
-        let client = *ingress.source.ip();
-        let in_subnet = iface.net.contains(client)
-            || self
-                .policy
-                .extra_client_ranges
-                .iter()
-                .any(|r| r.contains(client));
-        let is_gateway = self.policy.internal.iter().any(|i| i.net.addr() == client)
-            || Some(client) == self.external_address;
-        // On a /31 or /32 both addresses are hosts (RFC 3021); otherwise the network
-        // and broadcast addresses cannot be a requester.
-        let special = iface.net.prefix_len() < 31
-            && (client == iface.net.network() || client == iface.net.broadcast());
+        let in_subnet = iface.subnet_contains(client)
+            || match client {
+                IpAddr::V4(a) => self
+                    .policy
+                    .extra_client_ranges
+                    .iter()
+                    .any(|r| r.contains(a)),
+                IpAddr::V6(_) => false,
+            };
+        let is_gateway = self.policy.internal.iter().any(|i| i.owns(client))
+            || Some(client) == self.external_address.map(IpAddr::V4);
+        let special = match client {
+            // On a /31 or /32 both addresses are hosts (RFC 3021).
+            IpAddr::V4(a) => {
+                (iface.net.prefix_len() < 31
+                    && (a == iface.net.network() || a == iface.net.broadcast()))
+                    || a.is_broadcast()
+                    || a.is_link_local()
+            }
+            IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+        };
         in_subnet
             && !is_gateway
             && !special
             && !client.is_unspecified()
             && !client.is_loopback()
             && !client.is_multicast()
-            && !client.is_broadcast()
     }
 
-    fn map(
+    /// Creates or renews a mapping (protocol-neutral part of RFC 6886 section 3.3 and
+    /// RFC 6887 sections 11.3 and 12.3).
+    pub(crate) fn grant(
         &mut self,
         now: Instant,
-        client: Ipv4Addr,
-        req: MapRequest,
-        epoch: u32,
+        ask: Ask,
         changes: &mut Vec<FirewallChange>,
-    ) -> MapResponse {
-        let refuse = |result: ResultCode| MapResponse {
-            protocol: req.protocol,
-            result,
-            epoch,
-            internal_port: req.internal_port,
-            external_port: 0,
-            lifetime: 0,
-        };
-        if req.lifetime == 0 {
-            // Section 3.4: deleting a mapping that does not exist succeeds too, and
-            // internal port 0 deletes all of the client's mappings for the protocol.
-            let keys = if req.internal_port == 0 {
-                self.table.keys_of(client, req.protocol)
-            } else {
-                vec![key(client, req.protocol, req.internal_port)]
-            };
-            for k in keys {
-                self.remove_mapping(&k, changes);
-            }
-            return refuse(ResultCode::SUCCESS);
+    ) -> Result<Mapping, Refusal> {
+        if ask.client.is_ipv4() && self.external_address.is_none() {
+            return Err(Refusal::NetworkFailure);
         }
-        if self.external_address.is_none() {
-            return refuse(ResultCode::NETWORK_FAILURE);
-        }
-        if req.internal_port == 0 {
-            return refuse(ResultCode::NOT_AUTHORIZED);
-        }
-        let lifetime = req
+        let lifetime = ask
             .lifetime
             .clamp(self.policy.min_lifetime, self.policy.max_lifetime);
         let expires = now + Duration::from_secs(u64::from(lifetime));
-        let k = key(client, req.protocol, req.internal_port);
-        let granted = |external_port| MapResponse {
-            protocol: req.protocol,
-            result: ResultCode::SUCCESS,
-            epoch,
-            internal_port: req.internal_port,
-            external_port,
-            lifetime,
+        let k = MappingKey {
+            client: ask.client,
+            protocol: ask.protocol,
+            internal_port: ask.internal_port,
         };
-        // Section 3.3: a repeated request for the same internal port gets the port
-        // already assigned, whatever it suggests (the first answer may have been lost).
-        if let Some(m) = self.table.renew(&k, expires, Origin::NatPmp) {
-            self.events.push(StateEvent::Upsert(m));
-            return granted(m.external_port);
+        if let Some(old) = self.table.get(&k) {
+            if let (Some(have), Some(asked)) = (old.nonce, ask.nonce) {
+                if have != asked {
+                    return Err(Refusal::NonceMismatch);
+                }
+            }
+            if ask.prefer_failure
+                && ask.suggested_port != 0
+                && ask.suggested_port != old.external_port
+            {
+                return Err(Refusal::CannotProvide);
+            }
+            // A repeated request gets the port already assigned (RFC 6886 section 3.3);
+            // PEER only ever extends (RFC 6887 section 12.3), MAP sets the lifetime.
+            let new = Mapping {
+                expires: if ask.peer {
+                    old.expires.max(expires)
+                } else {
+                    expires
+                },
+                origin: ask.origin,
+                nonce: ask.nonce.or(old.nonce),
+                inbound: old.inbound || !ask.peer,
+                outbound: old.outbound || ask.peer,
+                ..old
+            };
+            let added = Mapping {
+                inbound: new.inbound && !old.inbound,
+                outbound: new.outbound && !old.outbound,
+                ..new
+            };
+            added.kernel_changes(true, changes);
+            self.table.update(new);
+            self.events.push(StateEvent::Upsert(new));
+            return Ok(new);
         }
-        if self.table.count_for(client) >= self.policy.max_per_client {
-            return refuse(ResultCode::OUT_OF_RESOURCES);
+        if self.table.count_for(ask.client) >= self.policy.max_per_client {
+            return Err(Refusal::Quota);
         }
-        let external_port = match self.allocate(client, req) {
-            Ok(port) => port,
-            Err(result) => return refuse(result),
+        let external_port = match ask.client {
+            IpAddr::V4(_) => self.allocate(&ask)?,
+            IpAddr::V6(_) => {
+                // A pinhole translates nothing: the external port is the internal one.
+                if ask.prefer_failure
+                    && ask.suggested_port != 0
+                    && ask.suggested_port != ask.internal_port
+                {
+                    return Err(Refusal::CannotProvide);
+                }
+                if !self
+                    .permissions
+                    .allows(ask.internal_port, ask.client, ask.internal_port)
+                {
+                    return Err(Refusal::NotAuthorized);
+                }
+                ask.internal_port
+            }
         };
         let m = Mapping {
             key: k,
             external_port,
             expires,
-            origin: Origin::NatPmp,
+            origin: ask.origin,
+            nonce: ask.nonce,
+            inbound: !ask.peer,
+            outbound: ask.peer,
         };
-        self.insert_mapping(m, changes);
-        granted(external_port)
+        self.table.insert(m);
+        self.stats.mappings_created += 1;
+        self.events.push(StateEvent::Upsert(m));
+        m.kernel_changes(true, changes);
+        Ok(m)
+    }
+
+    /// Deletes one mapping, or (`internal_port` 0) all of the client's mappings for
+    /// `protocol` (`None`: every protocol). A PCP nonce must match the mapping's; a
+    /// NAT-PMP request (no nonce) comes from the same host and may delete any
+    /// (RFC 6886 section 3.4, RFC 6887 section 11.3). Deleting nothing succeeds.
+    pub(crate) fn delete(
+        &mut self,
+        client: IpAddr,
+        protocol: Option<Protocol>,
+        internal_port: u16,
+        nonce: Option<Nonce>,
+        changes: &mut Vec<FirewallChange>,
+    ) -> Result<(), Refusal> {
+        let keys = match (protocol, internal_port) {
+            (Some(p), port) if port != 0 => vec![MappingKey {
+                client,
+                protocol: p,
+                internal_port: port,
+            }],
+            (p, _) => self.table.keys_of(client, p),
+        };
+        let mut refused = false;
+        for k in keys {
+            let Some(m) = self.table.get(&k) else {
+                continue;
+            };
+            if matches!((m.nonce, nonce), (Some(a), Some(b)) if a != b) {
+                refused = true;
+                continue;
+            }
+            self.remove_mapping(&k, changes);
+        }
+        // Section 3.4: delete as many as possible, but say so when some were not.
+        if refused {
+            Err(Refusal::NonceMismatch)
+        } else {
+            Ok(())
+        }
     }
 
     /// The suggested port when the rules allow it and it is free; otherwise a free,
-    /// allowed port from a random starting point (section 3.3: "MUST return an
-    /// available external port if possible"). Fails with "not authorized" when the
-    /// rules grant this client no port at all, "out of resources" when all are taken.
-    fn allocate(&mut self, client: Ipv4Addr, req: MapRequest) -> Result<u16, ResultCode> {
+    /// allowed port from a random starting point (RFC 6886 section 3.3: "MUST return an
+    /// available external port if possible"), unless PREFER_FAILURE forbids an
+    /// alternative. "Not authorized" when the rules grant this client no port at all,
+    /// "no ports" when all are taken.
+    fn allocate(&mut self, ask: &Ask) -> Result<u16, Refusal> {
         let allowed = |g: &Gateway, port: u16| {
-            port != 0 && g.permissions.allows(port, client, req.internal_port)
+            port != 0 && g.permissions.allows(port, ask.client, ask.internal_port)
         };
-        let free = |g: &Gateway, port: u16| g.table.is_free_for(client, req.protocol, port);
-        let suggested = req.suggested_external_port;
+        let free = |g: &Gateway, port: u16| g.table.is_free_for(ask.client, ask.protocol, port);
+        let suggested = ask.suggested_port;
         if allowed(self, suggested) && free(self, suggested) {
             return Ok(suggested);
         }
+        if ask.prefer_failure && suggested != 0 {
+            return Err(Refusal::CannotProvide);
+        }
         let ranges: Vec<_> = self
             .permissions
-            .candidate_ranges(client, req.internal_port)
+            .candidate_ranges(ask.client, ask.internal_port)
             .collect();
         let mut any_allowed = false;
         for range in ranges {
@@ -466,9 +605,9 @@ impl Gateway {
             }
         }
         Err(if any_allowed {
-            ResultCode::OUT_OF_RESOURCES
+            Refusal::NoPorts
         } else {
-            ResultCode::NOT_AUTHORIZED
+            Refusal::NotAuthorized
         })
     }
 
@@ -487,9 +626,7 @@ impl Gateway {
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.table.next_expiry(),
-            self.announcer
-                .next
-                .filter(|_| self.external_address.is_some()),
+            self.announcer.next.filter(|_| self.has_announcements()),
             // Housekeeping only matters while clients are tracked.
             Some(self.next_prune).filter(|_| self.limiter.tracked() > 0),
         ]
@@ -498,13 +635,13 @@ impl Gateway {
         .min()
     }
 
-    /// Expires mappings (section 3.4: "at the time its lifetime expires, the mapping
-    /// MUST be automatically deleted") and does housekeeping.
+    /// Expires mappings (RFC 6886 section 3.4: "at the time its lifetime expires, the
+    /// mapping MUST be automatically deleted") and does housekeeping.
     pub fn handle_timeout(&mut self, now: Instant, changes: &mut Vec<FirewallChange>) {
         // Expiry needs no journal record: the stored expiry time says it already.
         for m in self.table.expire(now) {
             self.stats.mappings_expired += 1;
-            changes.push(FirewallChange::Remove(m.forward()));
+            m.kernel_changes(false, changes);
         }
         if now >= self.next_prune {
             self.limiter.prune(now);
@@ -512,11 +649,21 @@ impl Gateway {
         }
     }
 
-    /// The next due gratuitous announcement (section 3.2.1), to be multicast to
-    /// 224.0.0.1:5350 on every internal interface; `None` when none is due.
-    pub fn poll_announcement(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
-        let address = self.external_address?;
-        let due = self.announcer.next.filter(|&t| t <= now)?;
+    /// NAT-PMP announcements need an external address; PCP ANNOUNCE does not.
+    fn has_announcements(&self) -> bool {
+        self.policy.pcp || (self.policy.nat_pmp && self.external_address.is_some())
+    }
+
+    /// The announcements due now (RFC 6886 section 3.2.1; RFC 6887 section 14.1.3), to
+    /// be multicast on every internal interface: the NAT-PMP external address and the
+    /// PCP ANNOUNCE, each with the current epoch.
+    pub fn poll_announcements(&mut self, now: Instant, out: &mut Vec<Announcement>) {
+        if !self.has_announcements() {
+            return;
+        }
+        let Some(due) = self.announcer.next.filter(|&t| t <= now) else {
+            return;
+        };
         self.announcer.remaining -= 1;
         self.announcer.next = if self.announcer.remaining == 0 {
             None
@@ -524,17 +671,36 @@ impl Gateway {
             Some(due + self.announcer.interval)
         };
         self.announcer.interval *= 2;
-        let r = natpmp::Response::ExternalAddress(ExternalAddressResponse {
-            result: ResultCode::SUCCESS,
-            // "MUST be updated appropriately to reflect the passage of time".
-            epoch: self.epoch(now),
-            address,
-        });
-        Some(r.emit(buf))
+        // "MUST be updated appropriately to reflect the passage of time".
+        let epoch = self.epoch(now);
+        let mut a = Announcement {
+            to: Multicast::V4,
+            len: 0,
+            bytes: [0; 24],
+        };
+        if let (true, Some(address)) = (self.policy.nat_pmp, self.external_address) {
+            let r = natpmp::Response::ExternalAddress(natpmp::ExternalAddressResponse {
+                result: natpmp::ResultCode::SUCCESS,
+                epoch,
+                address,
+            });
+            a.len = r.emit(&mut a.bytes);
+            out.push(a);
+        }
+        if self.policy.pcp {
+            a.len = pcp::Response::announce(epoch).emit(&mut a.bytes);
+            out.push(a);
+            if self.policy.internal.iter().any(|i| !i.nets6.is_empty()) {
+                out.push(Announcement {
+                    to: Multicast::V6,
+                    ..a
+                });
+            }
+        }
     }
 
-    /// A new (or lost) external address: new epoch so clients re-map (section 3.6),
-    /// and a fresh round of announcements once an address is known.
+    /// A new (or lost) external address: new epoch so clients re-map (RFC 6886 section
+    /// 3.6), and a fresh round of announcements.
     pub fn set_external_address(&mut self, now: Instant, address: Option<Ipv4Addr>) {
         if address == self.external_address {
             return;
@@ -552,26 +718,23 @@ impl Gateway {
 
     /// Forgets every mapping (e.g. the kernel refused a change and the table can no
     /// longer be trusted to match it): new epoch and announcements, so that clients
-    /// re-create what they need (section 3.7). Returns the removals for the record;
+    /// re-create what they need (RFC 6886 section 3.7). Returns the mappings dropped;
     /// the daemon reinstalls the firewall from the (now empty) table.
     pub fn reset(&mut self, now: Instant) -> Vec<Mapping> {
         self.new_epoch(now);
         self.table.clear()
     }
 
-    fn insert_mapping(&mut self, m: Mapping, changes: &mut Vec<FirewallChange>) {
-        self.table.insert(m);
-        self.stats.mappings_created += 1;
-        self.events.push(StateEvent::Upsert(m));
-        changes.push(FirewallChange::Add(m.forward()));
-    }
-
-    fn remove_mapping(&mut self, key: &MappingKey, changes: &mut Vec<FirewallChange>) -> bool {
+    pub(crate) fn remove_mapping(
+        &mut self,
+        key: &MappingKey,
+        changes: &mut Vec<FirewallChange>,
+    ) -> bool {
         let Some(m) = self.table.remove(key) else {
             return false;
         };
         self.events.push(StateEvent::Remove(*key));
-        changes.push(FirewallChange::Remove(m.forward()));
+        m.kernel_changes(false, changes);
         true
     }
 
@@ -590,77 +753,78 @@ impl Gateway {
 
     /// Puts back a mapping saved by an earlier run, with the lifetime it has left. It
     /// is checked against the current policy like a new request (a config change while
-    /// the daemon was down must not resurrect what is no longer allowed). The firewall
-    /// change is returned for the atomic reinstall at start-up.
+    /// the daemon was down must not resurrect what is no longer allowed). Its kernel
+    /// entries come from [`Gateway::installed`] for the atomic reinstall at start-up.
     pub fn restore(
         &mut self,
         now: Instant,
-        key: MappingKey,
-        external_port: u16,
+        saved: Mapping,
         remaining: Duration,
-        origin: Origin,
-    ) -> Result<Forward, RestoreError> {
-        let probe = Ingress {
-            interface: self
-                .policy
-                .internal
-                .iter()
-                .find(|i| i.net.contains(key.client))
-                .map(|i| i.index)
-                .unwrap_or(0),
-            source: SocketAddrV4::new(key.client, 0),
-            destination: Ipv4Addr::UNSPECIFIED,
-        };
-        let client_ok = self.client_allowed(&probe)
-            || self
+    ) -> Result<(), RestoreError> {
+        let key = saved.key;
+        let home = self
+            .policy
+            .internal
+            .iter()
+            .find(|i| i.subnet_contains(key.client))
+            .map(|i| i.index);
+        let extra = match key.client {
+            IpAddr::V4(a) => self
                 .policy
                 .extra_client_ranges
                 .iter()
-                .any(|r| r.contains(key.client));
-        if !client_ok {
+                .any(|r| r.contains(a)),
+            IpAddr::V6(_) => false,
+        };
+        let ok = match home {
+            Some(index) => self.host_allowed(index, key.client),
+            None => extra,
+        };
+        if !ok {
             return Err(RestoreError::ClientNotAllowed);
         }
         if key.internal_port == 0
-            || external_port == 0
-            || !self
-                .permissions
-                .allows(external_port, key.client, key.internal_port)
+            || saved.external_port == 0
+            || (saved.inbound
+                && !self
+                    .permissions
+                    .allows(saved.external_port, key.client, key.internal_port))
         {
             return Err(RestoreError::NotAllowed);
         }
-        if self.table.contains(&key)
-            || !self
-                .table
-                .is_free_for(key.client, key.protocol, external_port)
+        if self.table.get(&key).is_some()
+            || (key.client.is_ipv4()
+                && !self
+                    .table
+                    .is_free_for(key.client, key.protocol, saved.external_port))
         {
             return Err(RestoreError::Conflict);
         }
         let lifetime = remaining.min(Duration::from_secs(u64::from(self.policy.max_lifetime)));
         let m = Mapping {
-            key,
-            external_port,
             expires: now + lifetime,
-            origin,
+            ..saved
         };
         self.table.insert(m);
         self.events.push(StateEvent::Upsert(m));
-        Ok(m.forward())
+        Ok(())
     }
 
     /// Admin removal (`natwarden status --delete`): every mapping of `client`, or the
     /// one for `(protocol, internal_port)`. Returns how many were removed.
     pub fn admin_delete(
         &mut self,
-        client: Ipv4Addr,
+        client: IpAddr,
         which: Option<(Protocol, u16)>,
         changes: &mut Vec<FirewallChange>,
     ) -> usize {
         let keys: Vec<MappingKey> = match which {
-            Some((protocol, port)) => vec![key(client, protocol, port)],
-            None => [Protocol::Udp, Protocol::Tcp]
-                .into_iter()
-                .flat_map(|p| self.table.keys_of(client, p))
-                .collect(),
+            Some((protocol, internal_port)) => vec![MappingKey {
+                client,
+                protocol,
+                internal_port,
+            }],
+            None => self.table.keys_of(client, None),
         };
         keys.iter()
             .filter(|k| self.remove_mapping(k, changes))
@@ -682,29 +846,25 @@ impl Gateway {
                     .policy
                     .internal
                     .iter()
-                    .any(|i| i.net.contains(k.client))
-                    || self
-                        .policy
-                        .extra_client_ranges
-                        .iter()
-                        .any(|r| r.contains(k.client));
+                    .any(|i| i.subnet_contains(k.client))
+                    || match k.client {
+                        IpAddr::V4(a) => self
+                            .policy
+                            .extra_client_ranges
+                            .iter()
+                            .any(|r| r.contains(a)),
+                        IpAddr::V6(_) => false,
+                    };
                 !in_lan
-                    || !self
-                        .permissions
-                        .allows(m.external_port, k.client, k.internal_port)
+                    || (m.inbound
+                        && !self
+                            .permissions
+                            .allows(m.external_port, k.client, k.internal_port))
             })
             .map(|m| m.key)
             .collect();
         for k in doomed {
             self.remove_mapping(&k, changes);
         }
-    }
-}
-
-fn key(client: Ipv4Addr, protocol: Protocol, internal_port: u16) -> MappingKey {
-    MappingKey {
-        client,
-        protocol,
-        internal_port,
     }
 }

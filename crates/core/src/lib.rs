@@ -6,15 +6,18 @@ pub mod gateway;
 pub mod net;
 pub mod policy;
 mod ratelimit;
+mod serve_natpmp;
+mod serve_pcp;
 pub mod table;
 
-pub use firewall::{FirewallChange, Forward};
+pub use firewall::{FirewallChange, Forward, Installed, Outbound, Pinhole};
 pub use gateway::{
-    DropReason, Gateway, Ingress, RestoreError, StateEvent, Stats, Verdict, MAX_REPLY,
+    Announcement, DropReason, Gateway, Ingress, Multicast, RestoreError, StateEvent, Stats,
+    Verdict, MAX_REPLY,
 };
-pub use net::Ipv4Net;
+pub use net::{IpNet, Ipv4Net, Ipv6Net};
 pub use policy::{Action, InternalInterface, Policy, PortRange, Rule};
-pub use table::{Mapping, MappingKey, Origin};
+pub use table::{Mapping, MappingKey, Nonce, Origin};
 
 #[cfg(test)]
 mod tests;

@@ -141,3 +141,155 @@ mod tests {
         );
     }
 }
+
+/// An IPv6 prefix; like [`Ipv4Net`], the address keeps its host bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv6Net {
+    addr: std::net::Ipv6Addr,
+    prefix_len: u8,
+}
+
+impl Ipv6Net {
+    pub const fn new(addr: std::net::Ipv6Addr, prefix_len: u8) -> Option<Ipv6Net> {
+        if prefix_len > 128 {
+            None
+        } else {
+            Some(Ipv6Net { addr, prefix_len })
+        }
+    }
+
+    pub const fn addr(&self) -> std::net::Ipv6Addr {
+        self.addr
+    }
+
+    pub const fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    fn mask(&self) -> u128 {
+        if self.prefix_len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix_len))
+        }
+    }
+
+    pub fn contains(&self, ip: std::net::Ipv6Addr) -> bool {
+        (u128::from(ip) & self.mask()) == (u128::from(self.addr) & self.mask())
+    }
+
+    pub fn overlaps(&self, other: &Ipv6Net) -> bool {
+        let shorter = self.prefix_len.min(other.prefix_len);
+        let a = Ipv6Net {
+            addr: self.addr,
+            prefix_len: shorter,
+        };
+        a.contains(other.addr)
+    }
+
+    /// fe80::/10: on-link only, never a pinhole's address.
+    pub fn is_link_local(&self) -> bool {
+        (self.addr.segments()[0] & 0xffc0) == 0xfe80
+    }
+}
+
+impl fmt::Display for Ipv6Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// An IPv4 or IPv6 prefix, as permission rules and allowed ranges take them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IpNet {
+    V4(Ipv4Net),
+    V6(Ipv6Net),
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        match (self, ip) {
+            (IpNet::V4(n), std::net::IpAddr::V4(a)) => n.contains(a),
+            (IpNet::V6(n), std::net::IpAddr::V6(a)) => n.contains(a),
+            _ => false,
+        }
+    }
+}
+
+impl From<Ipv4Net> for IpNet {
+    fn from(n: Ipv4Net) -> IpNet {
+        IpNet::V4(n)
+    }
+}
+
+impl From<Ipv6Net> for IpNet {
+    fn from(n: Ipv6Net) -> IpNet {
+        IpNet::V6(n)
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpNet::V4(n) => n.fmt(f),
+            IpNet::V6(n) => n.fmt(f),
+        }
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = NetParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        if addr.contains(':') {
+            let a: std::net::Ipv6Addr = addr
+                .parse()
+                .map_err(|_| NetParseError::BadAddress(addr.to_string()))?;
+            let prefix_len = match len {
+                None => 128,
+                Some(l) => l
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|&n| n <= 128)
+                    .ok_or_else(|| NetParseError::BadPrefix(l.to_string()))?,
+            };
+            Ok(IpNet::V6(Ipv6Net {
+                addr: a,
+                prefix_len,
+            }))
+        } else {
+            s.parse::<Ipv4Net>().map(IpNet::V4)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests6 {
+    use super::*;
+
+    #[test]
+    fn ipv6_prefixes_contain_overlap_and_parse() {
+        let n: IpNet = "2001:db8:1::1/64".parse().expect("prefix");
+        assert!(n.contains("2001:db8:1::10".parse().expect("addr")));
+        assert!(!n.contains("2001:db8:2::10".parse().expect("addr")));
+        assert!(
+            !n.contains("192.168.1.1".parse().expect("addr")),
+            "families never mix"
+        );
+        let IpNet::V6(v6) = n else { panic!("v6") };
+        assert!(v6.overlaps(&Ipv6Net::new("2001:db8::".parse().expect("a"), 32).expect("net")));
+        assert!(Ipv6Net::new("fe80::1".parse().expect("a"), 64)
+            .expect("net")
+            .is_link_local());
+        assert!("2001:db8::/129".parse::<IpNet>().is_err());
+        assert_eq!(
+            "10.0.0.0/8".parse::<IpNet>(),
+            Ok(IpNet::V4("10.0.0.0/8".parse().expect("v4")))
+        );
+    }
+}

@@ -2,10 +2,10 @@
 //! Built (and checked for safety) by the daemon from its config; read-only to the core.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::str::FromStr;
 
-use crate::net::Ipv4Net;
+use crate::net::{IpNet, Ipv4Net, Ipv6Net};
 
 /// An inclusive port range, written "1024-65535" or "8080".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,12 +76,12 @@ pub enum Action {
 pub struct Rule {
     pub action: Action,
     pub external_ports: PortRange,
-    pub internal_addresses: Ipv4Net,
+    pub internal_addresses: IpNet,
     pub internal_ports: PortRange,
 }
 
 impl Rule {
-    pub fn matches(&self, external_port: u16, client: Ipv4Addr, internal_port: u16) -> bool {
+    pub fn matches(&self, external_port: u16, client: IpAddr, internal_port: u16) -> bool {
         self.external_ports.contains(external_port)
             && self.internal_addresses.contains(client)
             && self.internal_ports.contains(internal_port)
@@ -95,6 +95,31 @@ pub struct InternalInterface {
     pub index: u32,
     /// The gateway's own address on it, with the subnet's prefix length.
     pub net: Ipv4Net,
+    /// The gateway's own IPv6 addresses on it with their prefixes, link-local ones
+    /// included (PCP requests may be sent to those); clients of IPv6 pinholes must
+    /// lie in one of the others.
+    pub nets6: Vec<Ipv6Net>,
+}
+
+impl InternalInterface {
+    /// Whether `ip` is one of the gateway's own addresses on this interface.
+    pub fn owns(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.net.addr() == a,
+            IpAddr::V6(a) => self.nets6.iter().any(|n| n.addr() == a),
+        }
+    }
+
+    /// Whether `ip` lies in one of this interface's (non-link-local) subnets.
+    pub fn subnet_contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.net.contains(a),
+            IpAddr::V6(a) => self
+                .nets6
+                .iter()
+                .any(|n| !n.is_link_local() && n.contains(a)),
+        }
+    }
 }
 
 /// Everything the core needs to decide; the daemon builds it from the config file and
@@ -106,6 +131,12 @@ pub struct Policy {
     /// Client ranges allowed beyond the internal subnets (e.g. routed LANs behind a
     /// second router). Empty by default.
     pub extra_client_ranges: Vec<Ipv4Net>,
+    /// Serve NAT-PMP (RFC 6886, version 0) and PCP (RFC 6887, version 2); with one off,
+    /// its requests get the other protocol's "unsupported version" so clients fall back.
+    pub nat_pmp: bool,
+    pub pcp: bool,
+    /// Requesters allowed the PCP THIRD_PARTY option, for hosts of their own subnet.
+    pub third_party_clients: Vec<IpAddr>,
     pub min_lifetime: u32,
     pub max_lifetime: u32,
     pub max_per_client: u32,
@@ -122,6 +153,9 @@ impl Policy {
             internal,
             external_index,
             extra_client_ranges: Vec::new(),
+            nat_pmp: true,
+            pcp: true,
+            third_party_clients: Vec::new(),
             min_lifetime: 120,
             max_lifetime: 86400,
             max_per_client: 128,
@@ -138,8 +172,15 @@ impl Policy {
         }
         self.internal
             .iter()
-            .map(|i| i.net)
-            .chain(self.extra_client_ranges.iter().copied())
+            .flat_map(|i| {
+                std::iter::once(IpNet::from(i.net)).chain(
+                    i.nets6
+                        .iter()
+                        .filter(|n| !n.is_link_local())
+                        .map(|n| IpNet::from(*n)),
+                )
+            })
+            .chain(self.extra_client_ranges.iter().map(|n| IpNet::from(*n)))
             .map(|net| Rule {
                 action: Action::Allow,
                 external_ports: PortRange::ALL_UNPRIVILEGED,
@@ -164,7 +205,7 @@ impl Permissions {
     }
 
     /// First match wins; no match denies (miniupnpd semantics).
-    pub(crate) fn allows(&self, external_port: u16, client: Ipv4Addr, internal_port: u16) -> bool {
+    pub(crate) fn allows(&self, external_port: u16, client: IpAddr, internal_port: u16) -> bool {
         self.rules
             .iter()
             .find(|r| r.matches(external_port, client, internal_port))
@@ -175,7 +216,7 @@ impl Permissions {
     /// port; the allocator searches only these.
     pub(crate) fn candidate_ranges(
         &self,
-        client: Ipv4Addr,
+        client: IpAddr,
         internal_port: u16,
     ) -> impl Iterator<Item = PortRange> + '_ {
         self.rules
@@ -207,7 +248,12 @@ mod tests {
             name: "lan0".into(),
             index: 2,
             net: "192.168.1.1/24".parse().expect("net"),
+            nets6: Vec::new(),
         }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
     }
 
     #[test]
@@ -238,8 +284,8 @@ mod tests {
             rule(Action::Allow, "1024-65535", "192.168.1.0/24", "1024-65535"),
         ];
         let perms = Permissions::new(&p);
-        assert!(!perms.allows(5000, Ipv4Addr::new(192, 168, 1, 66), 5000));
-        assert!(perms.allows(5000, Ipv4Addr::new(192, 168, 1, 67), 5000));
+        assert!(!perms.allows(5000, ip("192.168.1.66"), 5000));
+        assert!(perms.allows(5000, ip("192.168.1.67"), 5000));
     }
 
     #[test]
@@ -252,18 +298,18 @@ mod tests {
             "0-65535",
         )];
         let perms = Permissions::new(&p);
-        assert!(!perms.allows(4000, Ipv4Addr::new(192, 168, 1, 5), 4000));
-        assert!(perms.allows(2500, Ipv4Addr::new(192, 168, 1, 5), 4000));
+        assert!(!perms.allows(4000, ip("192.168.1.5"), 4000));
+        assert!(perms.allows(2500, ip("192.168.1.5"), 4000));
     }
 
     #[test]
     fn no_rules_allows_unprivileged_ports_for_internal_subnets_only() {
         let p = Policy::new(vec![lan()], 1);
         let perms = Permissions::new(&p);
-        let client = Ipv4Addr::new(192, 168, 1, 5);
+        let client = ip("192.168.1.5");
         assert!(perms.allows(1024, client, 1024));
         assert!(!perms.allows(80, client, 8080), "privileged external port");
         assert!(!perms.allows(8080, client, 22), "privileged internal port");
-        assert!(!perms.allows(8080, Ipv4Addr::new(192, 168, 2, 5), 8080));
+        assert!(!perms.allows(8080, ip("192.168.2.5"), 8080));
     }
 }

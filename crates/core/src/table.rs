@@ -1,19 +1,20 @@
 //! The mapping table: one entry per (client, protocol, internal port), indexed by
-//! external port and by expiry time so every operation is O(1) or O(log n).
+//! external port and by expiry time so every operation is O(1) or O(log n). IPv4
+//! entries are NAT mappings; IPv6 entries are pinholes (no translation).
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddrV4};
 use std::time::Instant;
 
 use natwarden_wire::Protocol;
 
-use crate::firewall::Forward;
+use crate::firewall::{FirewallChange, Forward, Outbound, Pinhole};
 
-/// Who owns a mapping: RFC 6886 section 3.3 keys mappings by the requester's own
-/// address and internal port.
+/// Who owns a mapping: RFC 6886 section 3.3 and RFC 6887 section 11 key mappings by
+/// the requester's own address and internal port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MappingKey {
-    pub client: Ipv4Addr,
+    pub client: IpAddr,
     pub protocol: Protocol,
     pub internal_port: u16,
 }
@@ -22,30 +23,88 @@ pub struct MappingKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Origin {
     NatPmp,
+    Pcp,
 }
 
 impl Origin {
     pub fn name(self) -> &'static str {
         match self {
             Origin::NatPmp => "nat-pmp",
+            Origin::Pcp => "pcp",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Origin> {
+        match s {
+            "nat-pmp" => Some(Origin::NatPmp),
+            "pcp" => Some(Origin::Pcp),
+            _ => None,
         }
     }
 }
 
+/// PCP's 96-bit mapping nonce (RFC 6887 section 11.1); NAT-PMP mappings have none.
+pub type Nonce = [u8; 12];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapping {
     pub key: MappingKey,
+    /// For IPv6 pinholes, the internal port (there is no translation).
     pub external_port: u16,
     pub expires: Instant,
     pub origin: Origin,
+    pub nonce: Option<Nonce>,
+    /// Inbound traffic is forwarded (NAT-PMP map, PCP MAP).
+    pub inbound: bool,
+    /// Outbound traffic keeps the external port (PCP PEER); IPv4 only.
+    pub outbound: bool,
 }
 
 impl Mapping {
-    pub fn forward(&self) -> Forward {
-        Forward {
-            protocol: self.key.protocol,
-            external_port: self.external_port,
-            internal: SocketAddrV4::new(self.key.client, self.key.internal_port),
+    /// The kernel entries this mapping needs, as additions (or removals).
+    pub fn kernel_changes(&self, add: bool, out: &mut Vec<FirewallChange>) {
+        match self.key.client {
+            IpAddr::V4(client) => {
+                let internal = SocketAddrV4::new(client, self.key.internal_port);
+                if self.inbound {
+                    let f = Forward {
+                        protocol: self.key.protocol,
+                        external_port: self.external_port,
+                        internal,
+                    };
+                    out.push(if add {
+                        FirewallChange::Add(f)
+                    } else {
+                        FirewallChange::Remove(f)
+                    });
+                }
+                if self.outbound {
+                    let o = Outbound {
+                        protocol: self.key.protocol,
+                        internal,
+                        external_port: self.external_port,
+                    };
+                    out.push(if add {
+                        FirewallChange::AddOutbound(o)
+                    } else {
+                        FirewallChange::RemoveOutbound(o)
+                    });
+                }
+            }
+            IpAddr::V6(address) => {
+                if self.inbound {
+                    let p = Pinhole {
+                        protocol: self.key.protocol,
+                        address,
+                        port: self.key.internal_port,
+                    };
+                    out.push(if add {
+                        FirewallChange::AddPinhole(p)
+                    } else {
+                        FirewallChange::RemovePinhole(p)
+                    });
+                }
+            }
         }
     }
 }
@@ -55,13 +114,18 @@ struct Entry {
     external_port: u16,
     expires: Instant,
     origin: Origin,
+    nonce: Option<Nonce>,
+    inbound: bool,
+    outbound: bool,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct MappingTable {
     by_key: HashMap<MappingKey, Entry>,
+    /// External ports in use: IPv4 NAT mappings only (a pinhole's port belongs to its
+    /// own address).
     by_external: HashMap<(Protocol, u16), MappingKey>,
-    per_client: HashMap<Ipv4Addr, u32>,
+    per_client: HashMap<IpAddr, u32>,
     expiry: BTreeSet<(Instant, MappingKey)>,
 }
 
@@ -70,11 +134,11 @@ impl MappingTable {
         self.by_key.len()
     }
 
-    pub(crate) fn contains(&self, key: &MappingKey) -> bool {
-        self.by_key.contains_key(key)
+    pub(crate) fn get(&self, key: &MappingKey) -> Option<Mapping> {
+        self.by_key.get(key).map(|e| mapping(*key, e))
     }
 
-    pub(crate) fn count_for(&self, client: Ipv4Addr) -> u32 {
+    pub(crate) fn count_for(&self, client: IpAddr) -> u32 {
         self.per_client.get(&client).copied().unwrap_or(0)
     }
 
@@ -82,7 +146,7 @@ impl MappingTable {
     /// the other protocol is free or held by the same client (RFC 6886 section 3.3:
     /// "another client ... MUST NOT be able to successfully acquire the mapping for UDP
     /// port 80" while one holds TCP port 80).
-    pub(crate) fn is_free_for(&self, client: Ipv4Addr, protocol: Protocol, port: u16) -> bool {
+    pub(crate) fn is_free_for(&self, client: IpAddr, protocol: Protocol, port: u16) -> bool {
         if self.by_external.contains_key(&(protocol, port)) {
             return false;
         }
@@ -99,39 +163,47 @@ impl MappingTable {
     /// free; a violation is a bug in the core, so it is asserted in debug builds.
     pub(crate) fn insert(&mut self, m: Mapping) {
         debug_assert!(!self.by_key.contains_key(&m.key));
-        debug_assert!(self.is_free_for(m.key.client, m.key.protocol, m.external_port));
+        if m.key.client.is_ipv4() {
+            debug_assert!(self.is_free_for(m.key.client, m.key.protocol, m.external_port));
+            self.by_external
+                .insert((m.key.protocol, m.external_port), m.key);
+        }
         self.by_key.insert(
             m.key,
             Entry {
                 external_port: m.external_port,
                 expires: m.expires,
                 origin: m.origin,
+                nonce: m.nonce,
+                inbound: m.inbound,
+                outbound: m.outbound,
             },
         );
-        self.by_external
-            .insert((m.key.protocol, m.external_port), m.key);
         *self.per_client.entry(m.key.client).or_insert(0) += 1;
         self.expiry.insert((m.expires, m.key));
     }
 
-    /// Moves an existing mapping's expiry; returns the updated mapping.
-    pub(crate) fn renew(
-        &mut self,
-        key: &MappingKey,
-        expires: Instant,
-        origin: Origin,
-    ) -> Option<Mapping> {
-        let e = self.by_key.get_mut(key)?;
-        self.expiry.remove(&(e.expires, *key));
-        e.expires = expires;
-        e.origin = origin;
-        self.expiry.insert((expires, *key));
-        Some(mapping(*key, e))
+    /// Replaces an existing mapping's mutable parts (expiry, origin, nonce, kinds);
+    /// the external port never changes.
+    pub(crate) fn update(&mut self, m: Mapping) {
+        let Some(e) = self.by_key.get_mut(&m.key) else {
+            return;
+        };
+        debug_assert_eq!(e.external_port, m.external_port);
+        self.expiry.remove(&(e.expires, m.key));
+        e.expires = m.expires;
+        e.origin = m.origin;
+        e.nonce = m.nonce;
+        e.inbound = m.inbound;
+        e.outbound = m.outbound;
+        self.expiry.insert((m.expires, m.key));
     }
 
     pub(crate) fn remove(&mut self, key: &MappingKey) -> Option<Mapping> {
         let e = self.by_key.remove(key)?;
-        self.by_external.remove(&(key.protocol, e.external_port));
+        if key.client.is_ipv4() {
+            self.by_external.remove(&(key.protocol, e.external_port));
+        }
         self.expiry.remove(&(e.expires, *key));
         if let Some(n) = self.per_client.get_mut(&key.client) {
             *n -= 1;
@@ -142,14 +214,15 @@ impl MappingTable {
         Some(mapping(*key, &e))
     }
 
-    /// Every mapping of `client` for `protocol` (RFC 6886 section 3.4 "delete all").
-    pub(crate) fn keys_of(&self, client: Ipv4Addr, protocol: Protocol) -> Vec<MappingKey> {
+    /// Every mapping of `client`, for `protocol` or for all when `None` (RFC 6886
+    /// section 3.4 "delete all"; RFC 6887 protocol 0).
+    pub(crate) fn keys_of(&self, client: IpAddr, protocol: Option<Protocol>) -> Vec<MappingKey> {
         if self.count_for(client) == 0 {
             return Vec::new();
         }
         self.by_key
             .keys()
-            .filter(|k| k.client == client && k.protocol == protocol)
+            .filter(|k| k.client == client && protocol.is_none_or(|p| k.protocol == p))
             .copied()
             .collect()
     }
@@ -189,17 +262,21 @@ fn mapping(key: MappingKey, e: &Entry) -> Mapping {
         external_port: e.external_port,
         expires: e.expires,
         origin: e.origin,
+        nonce: e.nonce,
+        inbound: e.inbound,
+        outbound: e.outbound,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
     use std::time::Duration;
 
     fn key(last: u8, protocol: Protocol, port: u16) -> MappingKey {
         MappingKey {
-            client: Ipv4Addr::new(192, 168, 1, last),
+            client: IpAddr::V4(Ipv4Addr::new(192, 168, 1, last)),
             protocol,
             internal_port: port,
         }
@@ -211,6 +288,9 @@ mod tests {
             external_port: ext,
             expires,
             origin: Origin::NatPmp,
+            nonce: None,
+            inbound: true,
+            outbound: false,
         }
     }
 
@@ -222,18 +302,38 @@ mod tests {
         t.insert(m(a, 8080, t0));
         assert!(!t.is_free_for(a.client, Protocol::Tcp, 8080));
         assert!(t.is_free_for(a.client, Protocol::Udp, 8080));
-        assert!(!t.is_free_for(Ipv4Addr::new(192, 168, 1, 11), Protocol::Udp, 8080));
+        assert!(!t.is_free_for(
+            IpAddr::V4(Ipv4Addr::new(192, 168, 1, 11)),
+            Protocol::Udp,
+            8080
+        ));
     }
 
     #[test]
-    fn expiry_follows_renewal_and_removal_cleans_every_index() {
+    fn pinholes_do_not_take_external_ports() {
+        let t0 = Instant::now();
+        let mut t = MappingTable::default();
+        let v6 = MappingKey {
+            client: "2001:db8:1::10".parse().expect("v6"),
+            protocol: Protocol::Tcp,
+            internal_port: 8080,
+        };
+        t.insert(m(v6, 8080, t0));
+        assert!(t.is_free_for(key(10, Protocol::Tcp, 1).client, Protocol::Tcp, 8080));
+        assert_eq!(t.count_for(v6.client), 1);
+        assert!(t.remove(&v6).is_some());
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn expiry_follows_updates_and_removal_cleans_every_index() {
         let t0 = Instant::now();
         let mut t = MappingTable::default();
         let a = key(10, Protocol::Udp, 5000);
         let b = key(11, Protocol::Udp, 5000);
         t.insert(m(a, 5000, t0 + Duration::from_secs(10)));
         t.insert(m(b, 5001, t0 + Duration::from_secs(20)));
-        t.renew(&a, t0 + Duration::from_secs(30), Origin::NatPmp);
+        t.update(m(a, 5000, t0 + Duration::from_secs(30)));
         assert_eq!(t.next_expiry(), Some(t0 + Duration::from_secs(20)));
         let gone = t.expire(t0 + Duration::from_secs(25));
         assert_eq!(gone.len(), 1);

@@ -2,7 +2,7 @@
 //! Each test names the RFC 6886 rule or the CERT VU#184540 problem it pins.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use natwarden_wire::natpmp::{MapRequest, Request, Response, ResultCode};
@@ -25,6 +25,7 @@ fn policy() -> Policy {
             name: "lan0".into(),
             index: LAN_IF,
             net: Ipv4Net::new(GW_LAN, 24).expect("prefix"),
+            nets6: Vec::new(),
         }],
         WAN_IF,
     )
@@ -36,6 +37,8 @@ struct Harness {
     now: Instant,
     /// What a firewall backend would hold after applying every change in order.
     kernel: BTreeSet<Forward>,
+    outbound: BTreeSet<Outbound>,
+    pinholes: BTreeSet<Pinhole>,
     reply: [u8; MAX_REPLY],
 }
 
@@ -47,6 +50,8 @@ impl Harness {
             t0,
             now: t0,
             kernel: BTreeSet::new(),
+            outbound: BTreeSet::new(),
+            pinholes: BTreeSet::new(),
             reply: [0; MAX_REPLY],
         }
     }
@@ -65,6 +70,10 @@ impl Harness {
                 FirewallChange::Remove(f) => {
                     assert!(self.kernel.remove(&f), "removed unknown: {f:?}")
                 }
+                FirewallChange::AddOutbound(o) => assert!(self.outbound.insert(o), "{o:?}"),
+                FirewallChange::RemoveOutbound(o) => assert!(self.outbound.remove(&o), "{o:?}"),
+                FirewallChange::AddPinhole(p) => assert!(self.pinholes.insert(p), "{p:?}"),
+                FirewallChange::RemovePinhole(p) => assert!(self.pinholes.remove(&p), "{p:?}"),
             }
         }
     }
@@ -123,16 +132,35 @@ impl Harness {
         }
     }
 
-    fn forwards(&self) -> BTreeSet<Forward> {
-        self.gw.mappings().map(|m| m.forward()).collect()
+    /// Takes every announcement due now; returns how many there were.
+    fn drain_announcements(&mut self) -> usize {
+        let mut out = Vec::new();
+        self.gw.poll_announcements(self.now, &mut out);
+        let mut n = out.len();
+        loop {
+            out.clear();
+            self.gw.poll_announcements(self.now, &mut out);
+            if out.is_empty() {
+                return n;
+            }
+            n += out.len();
+        }
     }
+
+    fn forwards(&self) -> BTreeSet<Forward> {
+        self.gw.installed().forwards.into_iter().collect()
+    }
+}
+
+fn sa(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
 
 fn lan(client: Ipv4Addr) -> Ingress {
     Ingress {
         interface: LAN_IF,
-        source: SocketAddrV4::new(client, 40000),
-        destination: GW_LAN,
+        source: sa(client, 40000),
+        destination: GW_LAN.into(),
     }
 }
 
@@ -154,8 +182,8 @@ fn cert_information_disclosure_external_address_request_from_wan_is_silent() {
     let mut h = Harness::new(policy());
     let wan = Ingress {
         interface: WAN_IF,
-        source: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 9), 5555),
-        destination: EXT,
+        source: sa(Ipv4Addr::new(203, 0, 113, 9), 5555),
+        destination: EXT.into(),
     };
     assert_eq!(
         h.send_raw(wan, &ADDR_REQ),
@@ -171,8 +199,8 @@ fn cert_wan_request_aimed_at_the_lan_address_through_the_wan_link_is_silent() {
     let mut h = Harness::new(policy());
     let wan = Ingress {
         interface: WAN_IF,
-        source: SocketAddrV4::new(HOST, 5555),
-        destination: GW_LAN,
+        source: sa(HOST, 5555),
+        destination: GW_LAN.into(),
     };
     assert_eq!(
         h.send_raw(wan, &MAP_TCP_8080),
@@ -191,8 +219,8 @@ fn cert_interception_and_service_access_mapping_request_from_wan_opens_nothing()
     for dst in [EXT, GW_LAN] {
         let wan = Ingress {
             interface: WAN_IF,
-            source: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 9), 5555),
-            destination: dst,
+            source: sa(Ipv4Addr::new(203, 0, 113, 9), 5555),
+            destination: dst.into(),
         };
         assert!(h.send_raw(wan, &MAP_TCP_8080).is_err());
     }
@@ -203,7 +231,7 @@ fn cert_interception_and_service_access_mapping_request_from_wan_opens_nothing()
 fn cert_request_addressed_to_the_external_address_from_inside_is_silent() {
     let mut h = Harness::new(policy());
     let ing = Ingress {
-        destination: EXT,
+        destination: EXT.into(),
         ..lan(HOST)
     };
     assert_eq!(
@@ -216,7 +244,7 @@ fn cert_request_addressed_to_the_external_address_from_inside_is_silent() {
 fn cert_mapping_for_another_address_is_impossible_spoofed_source_outside_subnet() {
     let mut h = Harness::new(policy());
     let spoofed = Ingress {
-        source: SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 40000),
+        source: sa(Ipv4Addr::new(10, 9, 9, 9), 40000),
         ..lan(HOST)
     };
     assert_eq!(
@@ -236,7 +264,7 @@ fn cert_dos_against_host_services_mapping_may_never_target_the_gateway() {
         Ipv4Addr::new(192, 168, 1, 255),
     ] {
         let ing = Ingress {
-            source: SocketAddrV4::new(own, 40000),
+            source: sa(own, 40000),
             ..lan(HOST)
         };
         assert_eq!(
@@ -260,7 +288,7 @@ fn datagrams_on_an_unknown_interface_or_to_multicast_are_dropped() {
         Err(DropReason::NotInternalInterface)
     );
     let mcast = Ingress {
-        destination: Ipv4Addr::new(224, 0, 0, 1),
+        destination: Ipv4Addr::new(224, 0, 0, 1).into(),
         ..lan(HOST)
     };
     assert_eq!(
@@ -311,8 +339,12 @@ fn rfc6886_3_5_network_failure_without_external_address() {
 }
 
 #[test]
-fn rfc6886_3_5_unsupported_version_gets_result_1() {
-    let mut h = Harness::new(policy());
+fn rfc6886_3_5_unsupported_version_gets_result_1_in_nat_pmp_only_mode() {
+    // RFC 6887 Appendix A: a NAT-PMP-only server answers PCP (version 2) with NAT-PMP
+    // result 1 so that PCP clients fall back.
+    let mut p = policy();
+    p.pcp = false;
+    let mut h = Harness::new(p);
     for version in [1u8, 2, 255] {
         let reply = h.send_raw(lan(HOST), &[version, 0]).expect("answered");
         assert_eq!(
@@ -458,9 +490,8 @@ fn poll_timeout_reports_the_next_expiry() {
     p.requests_per_second_per_client = 0;
     let mut h = Harness::new(p);
     // Drain the start-up announcements so only the expiry remains.
-    let mut buf = [0u8; 16];
     h.now += Duration::from_secs(600);
-    while h.gw.poll_announcement(h.now, &mut buf).is_some() {}
+    h.drain_announcements();
     assert_eq!(h.gw.poll_timeout(), None, "nothing to wait for");
     h.map(8080, 8080, 150);
     assert_eq!(h.gw.poll_timeout(), Some(h.now + Duration::from_secs(150)));
@@ -584,19 +615,31 @@ fn wan_floods_do_not_consume_a_lan_clients_rate() {
 #[test]
 fn rfc6886_3_2_1_ten_announcements_250ms_doubling_with_current_epoch() {
     let mut h = Harness::new(policy());
-    let mut buf = [0u8; 16];
     let mut times = Vec::new();
     let mut t = h.t0;
+    let mut out = Vec::new();
     // Step through time in 50 ms ticks for 200 s, recording each announcement.
     for _ in 0..4000 {
-        if let Some(n) = h.gw.poll_announcement(t, &mut buf) {
-            match Response::parse(&buf[..n]) {
+        out.clear();
+        h.gw.poll_announcements(t, &mut out);
+        if !out.is_empty() {
+            // NAT-PMP's external address to 224.0.0.1, and PCP's ANNOUNCE (RFC 6887
+            // section 14.1.3) with the same epoch.
+            assert_eq!(out.len(), 2, "{out:?}");
+            let secs = t.duration_since(h.t0).as_secs();
+            match Response::parse(out[0].payload()) {
                 Ok(Response::ExternalAddress(r)) => {
                     assert_eq!(r.address, EXT);
-                    assert_eq!(u64::from(r.epoch), t.duration_since(h.t0).as_secs());
+                    assert_eq!(u64::from(r.epoch), secs);
                 }
                 other => panic!("{other:?}"),
             }
+            let pcp = natwarden_wire::pcp::Response::parse(out[1].payload()).expect("PCP ANNOUNCE");
+            assert_eq!(pcp, natwarden_wire::pcp::Response::announce(secs as u32));
+            assert!(
+                out.iter().all(|a| a.to == Multicast::V4),
+                "no IPv6 on this LAN"
+            );
             times.push(t.duration_since(h.t0).as_millis());
         }
         t += Duration::from_millis(50);
@@ -609,21 +652,20 @@ fn rfc6886_3_2_1_ten_announcements_250ms_doubling_with_current_epoch() {
 
 #[test]
 fn address_change_resets_epoch_and_announces_again() {
-    let mut h = Harness::new(policy());
-    let mut buf = [0u8; 16];
+    let mut p = policy();
+    p.pcp = false;
+    let mut h = Harness::new(p);
     h.now += Duration::from_secs(300);
-    while h.gw.poll_announcement(h.now, &mut buf).is_some() {}
+    h.drain_announcements();
     assert_eq!(h.gw.epoch(h.now), 300);
     let new = Ipv4Addr::new(198, 51, 100, 8);
     h.gw.set_external_address(h.now, Some(new));
     assert_eq!(h.gw.epoch(h.now), 0);
-    assert!(h.gw.poll_announcement(h.now, &mut buf).is_some());
-    // Losing the address stops announcements until it returns.
+    assert_eq!(h.drain_announcements(), 1);
+    // Losing the address stops NAT-PMP announcements until it returns.
     h.gw.set_external_address(h.now, None);
-    assert_eq!(
-        h.gw.poll_announcement(h.now + Duration::from_secs(1), &mut buf),
-        None
-    );
+    h.now += Duration::from_secs(1);
+    assert_eq!(h.drain_announcements(), 0);
 }
 
 #[test]
@@ -722,20 +764,35 @@ fn every_table_change_is_reported_for_the_journal() {
     );
 }
 
+fn saved(h: &Harness, client: Ipv4Addr, internal_port: u16, external_port: u16) -> Mapping {
+    Mapping {
+        key: MappingKey {
+            client: client.into(),
+            protocol: Protocol::Tcp,
+            internal_port,
+        },
+        external_port,
+        expires: h.now,
+        origin: Origin::NatPmp,
+        nonce: None,
+        inbound: true,
+        outbound: false,
+    }
+}
+
 #[test]
 fn restore_puts_back_saved_mappings_and_continues_the_epoch() {
     let mut h = Harness::new(policy());
     h.gw.continue_epoch(h.now, 5000);
     assert_eq!(h.gw.epoch(h.now + Duration::from_secs(3)), 5003);
-    let k = MappingKey {
-        client: HOST,
-        protocol: Protocol::Tcp,
-        internal_port: 8080,
-    };
-    let f =
-        h.gw.restore(h.now, k, 9090, Duration::from_secs(100), Origin::NatPmp)
-            .expect("restorable");
-    assert_eq!(f, fwd(HOST, Protocol::Tcp, 8080, 9090));
+    let m = saved(&h, HOST, 8080, 9090);
+    h.gw.restore(h.now, m, Duration::from_secs(100))
+        .expect("restorable");
+    assert_eq!(
+        h.gw.installed().forwards,
+        vec![fwd(HOST, Protocol::Tcp, 8080, 9090)]
+    );
+    h.kernel = h.forwards();
     // The client renewing after the restart keeps its port.
     assert_eq!(h.map(8080, 0, 7200), (ResultCode::SUCCESS, 9090, 7200));
 }
@@ -743,38 +800,23 @@ fn restore_puts_back_saved_mappings_and_continues_the_epoch() {
 #[test]
 fn restore_refuses_what_the_current_policy_would_not_grant() {
     let mut h = Harness::new(policy());
-    let key = |client, port| MappingKey {
-        client,
-        protocol: Protocol::Tcp,
-        internal_port: port,
-    };
     let life = Duration::from_secs(100);
-    assert_eq!(
-        h.gw.restore(
-            h.now,
-            key(Ipv4Addr::new(10, 1, 1, 1), 8080),
-            8080,
-            life,
-            Origin::NatPmp
+    let cases = [
+        (
+            saved(&h, Ipv4Addr::new(10, 1, 1, 1), 8080, 8080),
+            Err(RestoreError::ClientNotAllowed),
         ),
-        Err(RestoreError::ClientNotAllowed)
-    );
-    assert_eq!(
-        h.gw.restore(h.now, key(GW_LAN, 8080), 8080, life, Origin::NatPmp),
-        Err(RestoreError::ClientNotAllowed)
-    );
-    assert_eq!(
-        h.gw.restore(h.now, key(HOST, 8080), 80, life, Origin::NatPmp),
-        Err(RestoreError::NotAllowed)
-    );
-    assert!(h
-        .gw
-        .restore(h.now, key(HOST, 8080), 8080, life, Origin::NatPmp)
-        .is_ok());
-    assert_eq!(
-        h.gw.restore(h.now, key(HOST2, 8081), 8080, life, Origin::NatPmp),
-        Err(RestoreError::Conflict)
-    );
+        (
+            saved(&h, GW_LAN, 8080, 8080),
+            Err(RestoreError::ClientNotAllowed),
+        ),
+        (saved(&h, HOST, 8080, 80), Err(RestoreError::NotAllowed)),
+        (saved(&h, HOST, 8080, 8080), Ok(())),
+        (saved(&h, HOST2, 8081, 8080), Err(RestoreError::Conflict)),
+    ];
+    for (m, expected) in cases {
+        assert_eq!(h.gw.restore(h.now, m, life), expected, "{m:?}");
+    }
 }
 
 #[test]
@@ -785,14 +827,14 @@ fn admin_delete_removes_one_or_all_of_a_clients_mappings() {
     h.map_from(HOST2, Protocol::Tcp, 8082, 8082, 7200);
     let mut changes = Vec::new();
     assert_eq!(
-        h.gw.admin_delete(HOST, Some((Protocol::Udp, 8081)), &mut changes),
+        h.gw.admin_delete(HOST.into(), Some((Protocol::Udp, 8081)), &mut changes),
         1
     );
     assert_eq!(
-        h.gw.admin_delete(HOST, Some((Protocol::Udp, 8081)), &mut changes),
+        h.gw.admin_delete(HOST.into(), Some((Protocol::Udp, 8081)), &mut changes),
         0
     );
-    assert_eq!(h.gw.admin_delete(HOST, None, &mut changes), 1);
+    assert_eq!(h.gw.admin_delete(HOST.into(), None, &mut changes), 1);
     h.apply(changes);
     assert_eq!(
         h.kernel,
@@ -820,4 +862,449 @@ fn a_tightened_policy_closes_forwards_it_would_no_longer_grant() {
         BTreeSet::from([fwd(HOST2, Protocol::Tcp, 9000, 9000)])
     );
     assert_eq!(h.forwards(), h.kernel);
+}
+
+// ---- PCP (RFC 6887) ----
+
+mod pcp_tests {
+    use super::*;
+    use natwarden_wire::pcp::{
+        self, ipv4_mapped, Filter, Filters, MapData, OpData, Options, PeerData,
+        Request as PcpRequest, Response as PcpResponse, ResultCode as Pcp,
+    };
+    use std::net::Ipv6Addr;
+
+    const NONCE: pcp::Nonce = pcp::Nonce([7; 12]);
+    const GW6: &str = "2001:db8:1::1";
+    const HOST6: &str = "2001:db8:1::10";
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().expect("ipv6")
+    }
+
+    fn dual_stack() -> Policy {
+        let mut p = policy();
+        p.internal[0].nets6 = vec![
+            crate::Ipv6Net::new(v6(GW6), 64).expect("net"),
+            crate::Ipv6Net::new(v6("fe80::1"), 64).expect("net"),
+        ];
+        p
+    }
+
+    fn lan6(client: &str) -> Ingress {
+        Ingress {
+            interface: LAN_IF,
+            source: SocketAddr::new(IpAddr::V6(v6(client)), 40000),
+            destination: IpAddr::V6(v6(GW6)),
+        }
+    }
+
+    fn map(client: IpAddr, protocol: u8, port: u16, suggested: u16, lifetime: u32) -> PcpRequest {
+        PcpRequest {
+            lifetime,
+            client_address: pcp::to_wire_address(client),
+            op: OpData::Map(MapData {
+                nonce: NONCE,
+                protocol,
+                internal_port: port,
+                external_port: suggested,
+                external_address: ipv4_mapped(Ipv4Addr::UNSPECIFIED),
+            }),
+            options: Options::NONE,
+        }
+    }
+
+    fn peer(client: IpAddr, port: u16, lifetime: u32) -> PcpRequest {
+        PcpRequest {
+            lifetime,
+            client_address: pcp::to_wire_address(client),
+            op: OpData::Peer(PeerData {
+                nonce: NONCE,
+                protocol: 17,
+                internal_port: port,
+                external_port: 0,
+                external_address: ipv4_mapped(Ipv4Addr::UNSPECIFIED),
+                remote_peer_port: 3478,
+                remote_peer_address: ipv4_mapped(Ipv4Addr::new(203, 0, 113, 50)),
+            }),
+            options: Options::NONE,
+        }
+    }
+
+    impl Harness {
+        fn pcp(&mut self, ingress: Ingress, req: &PcpRequest) -> PcpResponse {
+            let mut buf = [0u8; 1100];
+            let n = req.emit(&mut buf);
+            let reply = self
+                .send_raw(ingress, &buf[..n])
+                .expect("a LAN PCP request is answered");
+            PcpResponse::parse(&reply).expect("the gateway emits valid PCP")
+        }
+    }
+
+    fn map_data(r: &PcpResponse) -> MapData {
+        match r.op {
+            OpData::Map(d) => d,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rfc6887_11_map_opens_a_forward_with_our_external_address() {
+        let mut h = Harness::new(policy());
+        let r = h.pcp(lan(HOST), &map(HOST.into(), 6, 8080, 8080, 3600));
+        assert_eq!((r.result, r.lifetime, r.epoch), (Pcp::SUCCESS, 3600, 0));
+        let d = map_data(&r);
+        assert_eq!(
+            (d.external_port, d.external_address, d.nonce),
+            (8080, ipv4_mapped(EXT), NONCE)
+        );
+        assert_eq!(
+            h.kernel,
+            BTreeSet::from([fwd(HOST, Protocol::Tcp, 8080, 8080)])
+        );
+        assert_eq!(
+            h.gw.mappings().next().map(|m| (m.origin, m.nonce)),
+            Some((Origin::Pcp, Some(NONCE.0)))
+        );
+    }
+
+    #[test]
+    fn rfc6887_11_natpmp_and_pcp_share_one_mapping_both_ways() {
+        let mut h = Harness::new(policy());
+        // NAT-PMP first; PCP sees and renews the same mapping, adopting its nonce.
+        let (_, port, _) = h.map(8080, 0, 7200);
+        let r = h.pcp(lan(HOST), &map(HOST.into(), 6, 8080, 0, 3600));
+        assert_eq!((r.result, map_data(&r).external_port), (Pcp::SUCCESS, port));
+        assert_eq!(h.kernel.len(), 1);
+        // PCP first; NAT-PMP renews it and gets the same port.
+        let r = h.pcp(lan(HOST), &map(HOST.into(), 17, 5000, 5000, 3600));
+        assert_eq!(r.result, Pcp::SUCCESS);
+        match h.map_from(HOST, Protocol::Udp, 5000, 0, 600) {
+            Response::Map(m) => assert_eq!(
+                (m.result, m.external_port, m.lifetime),
+                (ResultCode::SUCCESS, 5000, 600)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.kernel.len(), 2);
+        // A NAT-PMP deletion removes the PCP mapping too.
+        match h.map_from(HOST, Protocol::Udp, 5000, 0, 0) {
+            Response::Map(m) => assert_eq!(m.result, ResultCode::SUCCESS),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.kernel.len(), 1);
+    }
+
+    #[test]
+    fn rfc6887_11_3_nonce_must_match_to_renew_or_delete() {
+        let mut h = Harness::new(policy());
+        h.pcp(lan(HOST), &map(HOST.into(), 6, 8080, 8080, 3600));
+        for lifetime in [3600, 0] {
+            let mut other = map(HOST.into(), 6, 8080, 8080, lifetime);
+            if let OpData::Map(d) = &mut other.op {
+                d.nonce = pcp::Nonce([9; 12]);
+            }
+            let r = h.pcp(lan(HOST), &other);
+            assert_eq!(
+                (r.result, r.lifetime),
+                (Pcp::NOT_AUTHORIZED, pcp::LONG_ERROR_LIFETIME)
+            );
+            assert_eq!(h.kernel.len(), 1, "lifetime {lifetime}");
+        }
+        let r = h.pcp(lan(HOST), &map(HOST.into(), 6, 8080, 0, 0));
+        assert_eq!((r.result, r.lifetime), (Pcp::SUCCESS, 0));
+        assert!(h.kernel.is_empty());
+    }
+
+    #[test]
+    fn rfc6887_8_3_forged_client_address_gets_address_mismatch() {
+        let mut h = Harness::new(policy());
+        let forged = map(HOST2.into(), 6, 8080, 8080, 3600);
+        let r = h.pcp(lan(HOST), &forged);
+        assert_eq!(
+            (r.result, r.lifetime),
+            (Pcp::ADDRESS_MISMATCH, pcp::LONG_ERROR_LIFETIME)
+        );
+        assert!(h.kernel.is_empty());
+    }
+
+    #[test]
+    fn rfc6887_13_1_third_party_is_refused_unless_allowed_for_the_requester() {
+        let mut req = map(HOST.into(), 6, 8080, 8080, 3600);
+        req.options.third_party = Some(ipv4_mapped(HOST2));
+        let mut h = Harness::new(policy());
+        assert_eq!(h.pcp(lan(HOST), &req).result, Pcp::NOT_AUTHORIZED);
+        assert!(h.kernel.is_empty());
+
+        let mut p = policy();
+        p.third_party_clients = vec![HOST.into()];
+        let mut h = Harness::new(p);
+        let r = h.pcp(lan(HOST), &req);
+        assert_eq!(r.result, Pcp::SUCCESS);
+        assert_eq!(
+            r.options.third_party,
+            Some(ipv4_mapped(HOST2)),
+            "processed options echoed"
+        );
+        assert_eq!(
+            h.kernel,
+            BTreeSet::from([fwd(HOST2, Protocol::Tcp, 8080, 8080)])
+        );
+        // Even an allowed requester cannot name the gateway or a host outside the LAN.
+        for target in [GW_LAN, Ipv4Addr::new(10, 9, 9, 9)] {
+            req.options.third_party = Some(ipv4_mapped(target));
+            assert_eq!(
+                h.pcp(lan(HOST), &req).result,
+                Pcp::NOT_AUTHORIZED,
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn rfc6887_13_2_prefer_failure_refuses_another_port() {
+        let mut h = Harness::new(policy());
+        h.map_from(HOST2, Protocol::Tcp, 8080, 8080, 7200);
+        let mut req = map(HOST.into(), 6, 8080, 8080, 3600);
+        req.options.prefer_failure = true;
+        let r = h.pcp(lan(HOST), &req);
+        assert_eq!(
+            (r.result, r.lifetime),
+            (Pcp::CANNOT_PROVIDE_EXTERNAL, pcp::SHORT_ERROR_LIFETIME)
+        );
+        req.options.prefer_failure = false;
+        let r = h.pcp(lan(HOST), &req);
+        assert_eq!(r.result, Pcp::SUCCESS);
+        assert_ne!(map_data(&r).external_port, 8080);
+    }
+
+    #[test]
+    fn rfc6887_13_3_filter_is_not_offered() {
+        let mut h = Harness::new(policy());
+        let mut req = map(HOST.into(), 6, 8080, 8080, 3600);
+        let mut filters = Filters::new();
+        filters
+            .push(Filter {
+                prefix_len: 128,
+                remote_peer_port: 0,
+                remote_peer_address: ipv4_mapped(Ipv4Addr::new(203, 0, 113, 5)),
+            })
+            .expect("room");
+        req.options.filters = filters;
+        assert_eq!(h.pcp(lan(HOST), &req).result, Pcp::UNSUPP_OPTION);
+        assert!(h.kernel.is_empty());
+    }
+
+    #[test]
+    fn rfc6887_12_peer_pins_the_outbound_port_and_only_extends() {
+        let mut h = Harness::new(policy());
+        let r = h.pcp(lan(HOST), &peer(HOST.into(), 5000, 600));
+        assert_eq!((r.result, r.lifetime), (Pcp::SUCCESS, 600));
+        let OpData::Peer(d) = r.op else {
+            panic!("{r:?}")
+        };
+        assert_eq!(d.external_address, ipv4_mapped(EXT));
+        assert!(h.kernel.is_empty(), "PEER opens nothing inbound");
+        assert_eq!(h.outbound.len(), 1);
+        let o = h.outbound.iter().next().copied().expect("outbound");
+        assert_eq!(
+            (o.internal, o.external_port),
+            (SocketAddrV4::new(HOST, 5000), d.external_port)
+        );
+        // A shorter PEER does not shorten; a longer one extends.
+        assert_eq!(
+            h.pcp(lan(HOST), &peer(HOST.into(), 5000, 200)).lifetime,
+            600
+        );
+        assert_eq!(
+            h.pcp(lan(HOST), &peer(HOST.into(), 5000, 1200)).lifetime,
+            1200
+        );
+        // A MAP for the same port adds the inbound forward on the same external port.
+        let r = h.pcp(lan(HOST), &map(HOST.into(), 17, 5000, 0, 600));
+        assert_eq!(map_data(&r).external_port, d.external_port);
+        assert_eq!(h.kernel.len(), 1);
+        h.advance(1300);
+        assert!(h.kernel.is_empty() && h.outbound.is_empty());
+    }
+
+    #[test]
+    fn rfc6887_14_1_announce_request_is_answered() {
+        let mut h = Harness::new(policy());
+        h.now += Duration::from_secs(9);
+        let req = PcpRequest {
+            lifetime: 0,
+            client_address: ipv4_mapped(HOST),
+            op: OpData::Announce,
+            options: Options::NONE,
+        };
+        let r = h.pcp(lan(HOST), &req);
+        assert_eq!(
+            (r.result, r.lifetime, r.epoch, r.op),
+            (Pcp::SUCCESS, 0, 9, OpData::Announce)
+        );
+    }
+
+    #[test]
+    fn rfc6887_9_version_negotiation() {
+        let mut h = Harness::new(policy());
+        // Version 1 (and anything else unknown): UNSUPP_VERSION naming version 2.
+        for version in [1u8, 3, 255] {
+            let mut req = [0u8; 24];
+            req[0] = version;
+            req[1] = 1;
+            let reply = h.send_raw(lan(HOST), &req).expect("answered");
+            assert_eq!(
+                (reply[0], reply[1], reply[3]),
+                (2, 0x81, Pcp::UNSUPP_VERSION.0),
+                "version {version}"
+            );
+        }
+        // PCP-only: NAT-PMP gets PCP's UNSUPP_VERSION.
+        let mut p = policy();
+        p.nat_pmp = false;
+        let mut h = Harness::new(p);
+        let reply = h.send_raw(lan(HOST), &ADDR_REQ).expect("answered");
+        assert_eq!((reply[0], reply[3]), (2, Pcp::UNSUPP_VERSION.0));
+    }
+
+    #[test]
+    fn rfc6887_8_3_malformed_and_mandatory_unknown_options() {
+        let mut h = Harness::new(policy());
+        let mut buf = [0u8; 1100];
+        let n = map(HOST.into(), 6, 8080, 8080, 3600).emit(&mut buf);
+        // Not a multiple of 4: MALFORMED_REQUEST.
+        let reply = h.send_raw(lan(HOST), &buf[..n + 2]).expect("answered");
+        assert_eq!(reply[3], Pcp::MALFORMED_REQUEST.0);
+        // An unknown mandatory option (code 99): UNSUPP_OPTION; optional (199): ignored.
+        for (code, expected) in [(99u8, Pcp::UNSUPP_OPTION), (199, Pcp::SUCCESS)] {
+            let mut req = buf[..n].to_vec();
+            req.extend_from_slice(&[code, 0, 0, 0]);
+            let reply = h.send_raw(lan(HOST), &req).expect("answered");
+            assert_eq!(reply[3], expected.0, "option {code}");
+        }
+        // Responses sent to the server are dropped.
+        let mut resp = buf[..n].to_vec();
+        resp[1] |= 0x80;
+        assert_eq!(h.send_raw(lan(HOST), &resp), Err(DropReason::NotARequest));
+    }
+
+    #[test]
+    fn pcp_from_the_wan_is_silent() {
+        let mut h = Harness::new(policy());
+        let mut buf = [0u8; 1100];
+        let n = map(Ipv4Addr::new(203, 0, 113, 9).into(), 6, 8080, 8080, 3600).emit(&mut buf);
+        let wan = Ingress {
+            interface: WAN_IF,
+            source: sa(Ipv4Addr::new(203, 0, 113, 9), 5351),
+            destination: EXT.into(),
+        };
+        assert_eq!(
+            h.send_raw(wan, &buf[..n]),
+            Err(DropReason::ExternalInterface)
+        );
+        assert!(h.kernel.is_empty());
+    }
+
+    #[test]
+    fn pcp_errors_carry_rfc_lifetimes_quota_and_resources() {
+        let mut p = policy();
+        p.max_per_client = 1;
+        let mut h = Harness::new(p);
+        assert_eq!(
+            h.pcp(lan(HOST), &map(HOST.into(), 6, 8080, 8080, 3600))
+                .result,
+            Pcp::SUCCESS
+        );
+        let r = h.pcp(lan(HOST), &map(HOST.into(), 6, 8081, 8081, 3600));
+        assert_eq!(
+            (r.result, r.lifetime),
+            (Pcp::USER_EX_QUOTA, pcp::SHORT_ERROR_LIFETIME)
+        );
+        let r = h.pcp(lan(HOST), &map(HOST.into(), 132, 8081, 8081, 3600));
+        assert_eq!(r.result, Pcp::UNSUPP_PROTOCOL);
+        h.gw.set_external_address(h.now, None);
+        let r = h.pcp(lan(HOST2), &map(HOST2.into(), 6, 8082, 8082, 3600));
+        assert_eq!(
+            (r.result, r.lifetime),
+            (Pcp::NETWORK_FAILURE, pcp::SHORT_ERROR_LIFETIME)
+        );
+    }
+
+    #[test]
+    fn protocol_zero_lifetime_zero_deletes_all_of_the_clients_mappings() {
+        let mut h = Harness::new(policy());
+        h.pcp(lan(HOST), &map(HOST.into(), 6, 8080, 8080, 3600));
+        h.pcp(lan(HOST), &map(HOST.into(), 17, 8081, 8081, 3600));
+        h.map_from(HOST2, Protocol::Tcp, 8082, 8082, 3600);
+        assert_eq!(
+            h.pcp(lan(HOST), &map(HOST.into(), 0, 0, 0, 0)).result,
+            Pcp::SUCCESS
+        );
+        assert_eq!(
+            h.kernel,
+            BTreeSet::from([fwd(HOST2, Protocol::Tcp, 8082, 8082)])
+        );
+    }
+
+    #[test]
+    fn rfc6887_ipv6_map_opens_a_pinhole_to_the_requester_only() {
+        let mut h = Harness::new(dual_stack());
+        let client = IpAddr::V6(v6(HOST6));
+        let r = h.pcp(lan6(HOST6), &map(client, 6, 8080, 9999, 3600));
+        assert_eq!(r.result, Pcp::SUCCESS);
+        let d = map_data(&r);
+        assert_eq!(
+            (d.external_port, d.external_address),
+            (8080, v6(HOST6)),
+            "no translation"
+        );
+        assert_eq!(
+            h.pinholes
+                .iter()
+                .map(|p| (p.address, p.port))
+                .collect::<Vec<_>>(),
+            vec![(v6(HOST6), 8080)]
+        );
+        assert!(h.kernel.is_empty());
+        // The same rules, quotas and lifetimes: privileged ports stay closed.
+        assert_eq!(
+            h.pcp(lan6(HOST6), &map(client, 6, 22, 22, 3600)).result,
+            Pcp::NOT_AUTHORIZED
+        );
+        // A link-local source (or one outside the LAN prefix) is dropped.
+        let ll = Ingress {
+            source: SocketAddr::new(IpAddr::V6(v6("fe80::10")), 40000),
+            ..lan6(HOST6)
+        };
+        let mut buf = [0u8; 1100];
+        let n = map(ll.source.ip(), 6, 8081, 0, 3600).emit(&mut buf);
+        assert_eq!(h.send_raw(ll, &buf[..n]), Err(DropReason::ClientNotAllowed));
+        let stranger = lan6("2001:db8:99::5");
+        let n = map(stranger.source.ip(), 6, 8081, 0, 3600).emit(&mut buf);
+        assert_eq!(
+            h.send_raw(stranger, &buf[..n]),
+            Err(DropReason::ClientNotAllowed)
+        );
+        // Deleting closes the pinhole.
+        assert_eq!(
+            h.pcp(lan6(HOST6), &map(client, 6, 8080, 0, 0)).result,
+            Pcp::SUCCESS
+        );
+        assert!(h.pinholes.is_empty());
+    }
+
+    #[test]
+    fn rfc6887_14_1_3_announce_goes_to_both_families_on_a_dual_stack_lan() {
+        let mut h = Harness::new(dual_stack());
+        let mut out = Vec::new();
+        h.gw.poll_announcements(h.now, &mut out);
+        let to: Vec<Multicast> = out.iter().map(|a| a.to).collect();
+        assert_eq!(to, vec![Multicast::V4, Multicast::V4, Multicast::V6]);
+        assert_eq!(
+            PcpResponse::parse(out[2].payload()),
+            Ok(PcpResponse::announce(0))
+        );
+    }
 }

@@ -1,0 +1,308 @@
+//! PCP (RFC 6887) requests: ANNOUNCE, MAP and PEER, answered from the mapping table
+//! NAT-PMP shares. The ingress checks have already passed when these run.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use natwarden_wire::pcp::{
+    self, from_wire_address, ipv4_mapped, MapData, OpData, Options, PeerData, Request, Response,
+    ResultCode,
+};
+use natwarden_wire::Protocol;
+
+use crate::firewall::FirewallChange;
+use crate::gateway::{Ask, DropReason, Gateway, Ingress, Refusal, Verdict};
+use crate::table::{Mapping, Origin};
+
+/// The lifetime an error response carries (RFC 6887 section 7.4): 30 s for errors
+/// that may clear soon, 30 min for those that will not.
+fn error_lifetime(code: ResultCode) -> u32 {
+    code.recommended_lifetime()
+        .unwrap_or(pcp::SHORT_ERROR_LIFETIME)
+}
+
+fn result_of(r: Refusal) -> ResultCode {
+    match r {
+        Refusal::NotAuthorized | Refusal::NonceMismatch => ResultCode::NOT_AUTHORIZED,
+        Refusal::Quota => ResultCode::USER_EX_QUOTA,
+        Refusal::NoPorts => ResultCode::NO_RESOURCES,
+        Refusal::NetworkFailure => ResultCode::NETWORK_FAILURE,
+        Refusal::CannotProvide => ResultCode::CANNOT_PROVIDE_EXTERNAL,
+    }
+}
+
+impl Gateway {
+    pub(crate) fn serve_pcp(
+        &mut self,
+        now: Instant,
+        ingress: &Ingress,
+        datagram: &[u8],
+        reply: &mut [u8],
+        changes: &mut Vec<FirewallChange>,
+    ) -> Verdict {
+        let epoch = self.epoch(now);
+        let request = match Request::parse(datagram) {
+            Ok(r) => r,
+            Err(e) => {
+                // Section 8.3: some malformed requests are answered, some dropped.
+                return match e.result_code() {
+                    Some(code) => Verdict::Reply(pcp::emit_error_reply(
+                        datagram,
+                        code,
+                        error_lifetime(code),
+                        epoch,
+                        reply,
+                    )),
+                    None if datagram.get(1).is_some_and(|op| op & 0x80 != 0) => {
+                        Verdict::Drop(DropReason::NotARequest)
+                    }
+                    None => Verdict::Drop(DropReason::Malformed),
+                };
+            }
+        };
+        let response = self.pcp_response(now, ingress, &request, epoch, changes);
+        Verdict::Reply(response.emit(reply))
+    }
+
+    /// Section 9: any version but 0 and 2 is answered with UNSUPP_VERSION naming 2.
+    pub(crate) fn pcp_unsupported_version(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        reply: &mut [u8],
+    ) -> Verdict {
+        let code = ResultCode::UNSUPP_VERSION;
+        Verdict::Reply(pcp::emit_error_reply(
+            datagram,
+            code,
+            error_lifetime(code),
+            self.epoch(now),
+            reply,
+        ))
+    }
+
+    fn pcp_response(
+        &mut self,
+        now: Instant,
+        ingress: &Ingress,
+        req: &Request,
+        epoch: u32,
+        changes: &mut Vec<FirewallChange>,
+    ) -> Response {
+        let error = |code: ResultCode| req.error_response(code, error_lifetime(code), epoch);
+        let source = ingress.source.ip();
+        // Section 8.3: the client's own view of its address must be the one the
+        // packet came from; a NAT between client and server, or a forgery, is refused.
+        if from_wire_address(&req.client_address) != source {
+            return error(ResultCode::ADDRESS_MISMATCH);
+        }
+        // FILTER (section 13.3) is not offered: a mapping that would let in fewer
+        // peers than asked must not be granted silently.
+        if !req.options.filters.is_empty() {
+            return error(ResultCode::UNSUPP_OPTION);
+        }
+        // Section 13.1: THIRD_PARTY only where the admin allowed it, for a genuine
+        // host of the requester's own subnet.
+        let client = match req.options.third_party {
+            None => source,
+            Some(other) => {
+                let other = from_wire_address(&other);
+                if !self.policy.third_party_clients.contains(&source)
+                    || !self.host_allowed(ingress.interface, other)
+                    || other.is_ipv4() != source.is_ipv4()
+                {
+                    return error(ResultCode::NOT_AUTHORIZED);
+                }
+                other
+            }
+        };
+        match req.op {
+            OpData::Announce => Response {
+                result: ResultCode::SUCCESS,
+                lifetime: 0,
+                epoch,
+                op: OpData::Announce,
+                options: Options::NONE,
+            },
+            OpData::Map(d) => match self.pcp_map(now, client, req, d, changes) {
+                Ok((data, lifetime)) => Response {
+                    result: ResultCode::SUCCESS,
+                    lifetime,
+                    epoch,
+                    op: OpData::Map(data),
+                    options: processed(&req.options),
+                },
+                Err(code) => error(code),
+            },
+            OpData::Peer(d) => match self.pcp_peer(now, client, req, d, changes) {
+                Ok((data, lifetime)) => Response {
+                    result: ResultCode::SUCCESS,
+                    lifetime,
+                    epoch,
+                    op: OpData::Peer(data),
+                    options: processed(&req.options),
+                },
+                Err(code) => error(code),
+            },
+        }
+    }
+
+    /// Section 11.3 (server processing of MAP).
+    fn pcp_map(
+        &mut self,
+        now: Instant,
+        client: IpAddr,
+        req: &Request,
+        d: MapData,
+        changes: &mut Vec<FirewallChange>,
+    ) -> Result<(MapData, u32), ResultCode> {
+        let protocol = match (d.protocol, d.transport()) {
+            (_, Some(p)) => Some(p),
+            // Protocol 0 means "all protocols": only meaningful to delete everything.
+            (0, None) if req.lifetime == 0 && d.internal_port == 0 => None,
+            _ => return Err(ResultCode::UNSUPP_PROTOCOL),
+        };
+        if req.lifetime == 0 {
+            self.delete(client, protocol, d.internal_port, Some(d.nonce.0), changes)
+                .map_err(result_of)?;
+            return Ok((d, 0));
+        }
+        let (Some(protocol), true) = (protocol, d.internal_port != 0) else {
+            return Err(ResultCode::MALFORMED_REQUEST);
+        };
+        // A suggested external address other than ours cannot be honoured.
+        let wrong_address = !pcp::is_all_zeros(&d.external_address)
+            && from_wire_address(&d.external_address) != self.external_view(client);
+        if wrong_address && req.options.prefer_failure {
+            return Err(ResultCode::CANNOT_PROVIDE_EXTERNAL);
+        }
+        let m = self
+            .grant(
+                now,
+                self.ask(
+                    client,
+                    protocol,
+                    req,
+                    d.internal_port,
+                    d.external_port,
+                    d.nonce.0,
+                    false,
+                ),
+                changes,
+            )
+            .map_err(result_of)?;
+        Ok((self.assigned(m, d), lifetime_left(&m, now)))
+    }
+
+    /// Section 12.3 (server processing of PEER): creates or extends the outbound
+    /// mapping the client's traffic to the remote peer uses.
+    fn pcp_peer(
+        &mut self,
+        now: Instant,
+        client: IpAddr,
+        req: &Request,
+        d: PeerData,
+        changes: &mut Vec<FirewallChange>,
+    ) -> Result<(PeerData, u32), ResultCode> {
+        let Some(protocol) = d.transport() else {
+            return Err(ResultCode::UNSUPP_PROTOCOL);
+        };
+        if req.lifetime == 0 {
+            // A PEER cannot delete the mapping; it only stops asking for more time.
+            return match self.table.get(&crate::table::MappingKey {
+                client,
+                protocol,
+                internal_port: d.internal_port,
+            }) {
+                Some(m) => Ok((self.assigned_peer(m, d), lifetime_left(&m, now))),
+                None => Ok((d, 0)),
+            };
+        }
+        // Section 12.1: PEER behaves as if PREFER_FAILURE were always present.
+        let mut ask = self.ask(
+            client,
+            protocol,
+            req,
+            d.internal_port,
+            d.external_port,
+            d.nonce.0,
+            true,
+        );
+        ask.prefer_failure = d.external_port != 0;
+        let m = self.grant(now, ask, changes).map_err(result_of)?;
+        Ok((self.assigned_peer(m, d), lifetime_left(&m, now)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ask(
+        &self,
+        client: IpAddr,
+        protocol: Protocol,
+        req: &Request,
+        internal_port: u16,
+        suggested_port: u16,
+        nonce: [u8; 12],
+        peer: bool,
+    ) -> Ask {
+        Ask {
+            client,
+            protocol,
+            internal_port,
+            suggested_port,
+            lifetime: req.lifetime,
+            origin: Origin::Pcp,
+            nonce: Some(nonce),
+            prefer_failure: req.options.prefer_failure,
+            peer,
+        }
+    }
+
+    /// The address the outside sees for `client`: ours for IPv4 (NAT), its own for
+    /// IPv6 (a pinhole translates nothing).
+    fn external_view(&self, client: IpAddr) -> IpAddr {
+        match client {
+            IpAddr::V4(_) => self
+                .external_address
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            IpAddr::V6(_) => client,
+        }
+    }
+
+    fn assigned(&self, m: Mapping, d: MapData) -> MapData {
+        MapData {
+            external_port: m.external_port,
+            external_address: wire(self.external_view(m.key.client)),
+            ..d
+        }
+    }
+
+    fn assigned_peer(&self, m: Mapping, d: PeerData) -> PeerData {
+        PeerData {
+            external_port: m.external_port,
+            external_address: wire(self.external_view(m.key.client)),
+            ..d
+        }
+    }
+}
+
+fn wire(a: IpAddr) -> std::net::Ipv6Addr {
+    match a {
+        IpAddr::V4(v4) => ipv4_mapped(v4),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+fn lifetime_left(m: &Mapping, now: Instant) -> u32 {
+    u32::try_from(m.expires.saturating_duration_since(now).as_secs()).unwrap_or(u32::MAX)
+}
+
+/// The options a success response carries back: those the server processed
+/// (section 7.3): THIRD_PARTY and PREFER_FAILURE.
+fn processed(o: &Options) -> Options {
+    Options {
+        third_party: o.third_party,
+        prefer_failure: o.prefer_failure,
+        ..Options::NONE
+    }
+}

@@ -9,16 +9,16 @@ mod none;
 pub mod rtnl;
 mod socket;
 
-use natwarden_core::firewall::{FirewallChange, Forward};
+use natwarden_core::firewall::{FirewallChange, Installed};
 
 pub use nftables::{NftConfig, Nftables};
 pub use none::NoneBackend;
 
-/// Where forwards live in the kernel.
+/// Where forwards, outbound mappings and pinholes live in the kernel.
 pub trait Backend {
     /// Atomically (one netlink batch) replace our table with a fresh one holding exactly
-    /// `forwards`; any leftover from a previous run disappears in the same transaction.
-    fn install(&mut self, forwards: &[Forward]) -> Result<(), FirewallError>;
+    /// `state`; any leftover from a previous run disappears in the same transaction.
+    fn install(&mut self, state: &Installed) -> Result<(), FirewallError>;
     /// Apply changes in order, all in one netlink batch (all or nothing).
     fn apply(&mut self, changes: &[FirewallChange]) -> Result<(), FirewallError>;
     /// Delete our table (clean exit). Not an error if it does not exist.
@@ -35,7 +35,8 @@ pub enum FirewallError {
         source: std::io::Error,
     },
     /// The kernel refused a batch; nothing of it was applied. `message` names the
-    /// message that failed ("DELSETELEM fwd4"), with the element when the kernel says which.
+    /// message that failed ("DELSETELEM fwd4", "NEWSETELEM snat4", "DELSETELEM pinhole6"),
+    /// with the element when the kernel says which.
     #[error("kernel rejected {message}: {}", std::io::Error::from_raw_os_error(*errno))]
     Kernel { errno: i32, message: String },
     /// A table or interface name the kernel or nft would not accept.

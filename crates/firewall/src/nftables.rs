@@ -1,10 +1,12 @@
 //! The nftables backend: turns install/apply/remove into one nf_tables batch each,
 //! sends it on its own netlink socket and reports the kernel's verdict.
 
-use natwarden_core::firewall::{FirewallChange, Forward};
+use std::net::SocketAddrV6;
+
+use natwarden_core::firewall::{FirewallChange, Forward, Installed, Outbound, Pinhole};
 
 use crate::batch::{Batch, Failure};
-use crate::nft::{self, Op, Set};
+use crate::nft::{self, Op};
 use crate::socket::NlSocket;
 use crate::{Backend, FirewallError};
 
@@ -12,8 +14,13 @@ use crate::{Backend, FirewallError};
 pub struct NftConfig {
     /// Our table in family inet; nothing else in the ruleset is touched.
     pub table: String,
-    /// The WAN interface: DNAT and the forward accept apply to traffic arriving on it.
+    /// The WAN interface: DNAT and the forward accepts apply to traffic arriving on it,
+    /// the outbound source-port mappings to traffic leaving by it.
     pub external_interface: String,
+    /// Drop new inbound IPv6 TCP and UDP connections from the external interface that no
+    /// pinhole lets through (RFC 6092's default), for routers whose own firewall does not
+    /// already. Replies and established flows pass.
+    pub ipv6_inbound_drop: bool,
 }
 
 impl Default for NftConfig {
@@ -21,6 +28,7 @@ impl Default for NftConfig {
         Self {
             table: "natwarden".into(),
             external_interface: String::new(),
+            ipv6_inbound_drop: false,
         }
     }
 }
@@ -30,6 +38,7 @@ impl Default for NftConfig {
 pub struct Nftables {
     table: String,
     ext_if: [u8; 16],
+    ipv6_inbound_drop: bool,
     sock: NlSocket,
     seq: u32,
 }
@@ -40,6 +49,7 @@ impl std::fmt::Debug for Nftables {
         f.debug_struct("Nftables")
             .field("table", &self.table)
             .field("external_interface", &String::from_utf8_lossy(ext))
+            .field("ipv6_inbound_drop", &self.ipv6_inbound_drop)
             .finish_non_exhaustive()
     }
 }
@@ -59,6 +69,7 @@ impl Nftables {
         Ok(Self {
             table: cfg.table,
             ext_if,
+            ipv6_inbound_drop: cfg.ipv6_inbound_drop,
             sock,
             seq: 1,
         })
@@ -67,7 +78,7 @@ impl Nftables {
     fn run(
         &mut self,
         build: impl FnOnce(&mut Batch),
-        describe: impl Fn(usize) -> Option<Forward>,
+        describe: impl Fn(usize) -> Option<String>,
     ) -> Result<(), FirewallError> {
         let mut batch = Batch::new(self.seq);
         build(&mut batch);
@@ -80,11 +91,8 @@ impl Nftables {
                 text,
             } => {
                 let mut message = label.unwrap_or_else(|| "batch".into());
-                if let Some(f) = item.and_then(&describe) {
-                    message.push_str(&format!(
-                        " (element {} {} -> {})",
-                        f.protocol, f.external_port, f.internal
-                    ));
+                if let Some(element) = item.and_then(&describe) {
+                    message.push_str(&format!(" (element {element})"));
                 }
                 if let Some(t) = text.filter(|t| !t.is_empty()) {
                     message.push_str(&format!(" [{t}]"));
@@ -98,11 +106,16 @@ impl Nftables {
 }
 
 impl Backend for Nftables {
-    fn install(&mut self, forwards: &[Forward]) -> Result<(), FirewallError> {
+    fn install(&mut self, state: &Installed) -> Result<(), FirewallError> {
         let (table, ext_if) = (self.table.clone(), self.ext_if);
+        let ruleset = nft::Ruleset {
+            table: &table,
+            ext_if: &ext_if,
+            ipv6_inbound_drop: self.ipv6_inbound_drop,
+        };
         self.run(
-            |b| nft::install(b, &table, &ext_if, forwards),
-            |i| forwards.get(i).copied(),
+            |b| nft::install(b, &ruleset, state),
+            |i| describe_installed(state, i),
         )
     }
 
@@ -113,17 +126,17 @@ impl Backend for Nftables {
         let table = self.table.clone();
         self.run(
             |b| {
-                // Consecutive changes of one kind share a message per set; runs keep
-                // their order, so a remove followed by an add of the same key works.
-                for (op, run) in runs(changes) {
-                    nft::elements(b, &table, Set::Fwd4, op, false, &run);
-                    nft::elements(b, &table, Set::Allow4, op, false, &run);
+                // Consecutive changes of one kind and operation share a message per set;
+                // runs keep their order, so a remove followed by an add of the same key works.
+                for run in runs(changes) {
+                    match run {
+                        Run::Forwards(op, v) => nft::forward_elements(b, &table, op, false, &v),
+                        Run::Outbound(op, v) => nft::outbound_elements(b, &table, op, false, &v),
+                        Run::Pinholes(op, v) => nft::pinhole_elements(b, &table, op, false, &v),
+                    }
                 }
             },
-            |i| match changes.get(i) {
-                Some(FirewallChange::Add(f) | FirewallChange::Remove(f)) => Some(*f),
-                None => None,
-            },
+            |i| changes.get(i).map(describe),
         )
     }
 
@@ -133,17 +146,78 @@ impl Backend for Nftables {
     }
 }
 
-/// Splits changes into maximal runs of the same operation, keeping each change's index.
-fn runs(changes: &[FirewallChange]) -> Vec<(Op, Vec<(usize, Forward)>)> {
-    let mut out: Vec<(Op, Vec<(usize, Forward)>)> = Vec::new();
+/// How an element is named in errors.
+fn describe(c: &FirewallChange) -> String {
+    match c {
+        FirewallChange::Add(f) | FirewallChange::Remove(f) => describe_forward(f),
+        FirewallChange::AddOutbound(o) | FirewallChange::RemoveOutbound(o) => describe_outbound(o),
+        FirewallChange::AddPinhole(p) | FirewallChange::RemovePinhole(p) => describe_pinhole(p),
+    }
+}
+
+fn describe_forward(f: &Forward) -> String {
+    format!("{} {} -> {}", f.protocol, f.external_port, f.internal)
+}
+
+fn describe_outbound(o: &Outbound) -> String {
+    format!(
+        "{} {} -> source port {}",
+        o.protocol, o.internal, o.external_port
+    )
+}
+
+fn describe_pinhole(p: &Pinhole) -> String {
+    format!(
+        "{} {}",
+        p.protocol,
+        SocketAddrV6::new(p.address, p.port, 0, 0)
+    )
+}
+
+/// Install numbers elements across its three lists in turn (see [`nft::install`]).
+fn describe_installed(s: &Installed, i: usize) -> Option<String> {
+    let (nf, no) = (s.forwards.len(), s.outbound.len());
+    if i < nf {
+        s.forwards.get(i).map(describe_forward)
+    } else if i < nf + no {
+        s.outbound.get(i - nf).map(describe_outbound)
+    } else {
+        s.pinholes.get(i - nf - no).map(describe_pinhole)
+    }
+}
+
+/// Consecutive changes of one kind and operation, each with its index in the request.
+#[derive(Debug)]
+enum Run {
+    Forwards(Op, Vec<(usize, Forward)>),
+    Outbound(Op, Vec<(usize, Outbound)>),
+    Pinholes(Op, Vec<(usize, Pinhole)>),
+}
+
+/// Splits changes into maximal runs of the same kind and operation, in order.
+fn runs(changes: &[FirewallChange]) -> Vec<Run> {
+    use FirewallChange as C;
+    let mut out: Vec<Run> = Vec::new();
     for (i, c) in changes.iter().enumerate() {
-        let (op, f) = match c {
-            FirewallChange::Add(f) => (Op::Add, *f),
-            FirewallChange::Remove(f) => (Op::Delete, *f),
+        let op = match c {
+            C::Add(_) | C::AddOutbound(_) | C::AddPinhole(_) => Op::Add,
+            C::Remove(_) | C::RemoveOutbound(_) | C::RemovePinhole(_) => Op::Delete,
         };
-        match out.last_mut() {
-            Some((last, run)) if *last == op => run.push((i, f)),
-            _ => out.push((op, vec![(i, f)])),
+        match (out.last_mut(), c) {
+            (Some(Run::Forwards(o, v)), C::Add(f) | C::Remove(f)) if *o == op => v.push((i, *f)),
+            (Some(Run::Outbound(o, v)), C::AddOutbound(x) | C::RemoveOutbound(x)) if *o == op => {
+                v.push((i, *x))
+            }
+            (Some(Run::Pinholes(o, v)), C::AddPinhole(p) | C::RemovePinhole(p)) if *o == op => {
+                v.push((i, *p))
+            }
+            (_, C::Add(f) | C::Remove(f)) => out.push(Run::Forwards(op, vec![(i, *f)])),
+            (_, C::AddOutbound(x) | C::RemoveOutbound(x)) => {
+                out.push(Run::Outbound(op, vec![(i, *x)]))
+            }
+            (_, C::AddPinhole(p) | C::RemovePinhole(p)) => {
+                out.push(Run::Pinholes(op, vec![(i, *p)]))
+            }
         }
     }
     out
@@ -151,7 +225,7 @@ fn runs(changes: &[FirewallChange]) -> Vec<(Op, Vec<(usize, Forward)>)> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
     use natwarden_wire::Protocol;
 
@@ -165,20 +239,104 @@ mod tests {
         }
     }
 
+    fn o(port: u16) -> Outbound {
+        Outbound {
+            protocol: Protocol::Udp,
+            internal: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), port),
+            external_port: port + 1,
+        }
+    }
+
+    fn p(port: u16) -> Pinhole {
+        Pinhole {
+            protocol: Protocol::Tcp,
+            address: Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10),
+            port,
+        }
+    }
+
+    fn idx<T>(v: &[(usize, T)]) -> Vec<usize> {
+        v.iter().map(|(i, _)| *i).collect()
+    }
+
+    fn shape(runs: &[Run]) -> Vec<(&'static str, Op, Vec<usize>)> {
+        runs.iter()
+            .map(|r| match r {
+                Run::Forwards(op, v) => ("fwd", *op, idx(v)),
+                Run::Outbound(op, v) => ("out", *op, idx(v)),
+                Run::Pinholes(op, v) => ("pin", *op, idx(v)),
+            })
+            .collect()
+    }
+
     #[test]
     fn runs_group_consecutive_operations_in_order() {
         use FirewallChange::{Add, Remove};
         let r = runs(&[Add(f(1)), Add(f(2)), Remove(f(3)), Add(f(4))]);
-        let shape: Vec<_> = r
-            .iter()
-            .map(|(op, v)| (*op, v.iter().map(|(i, _)| *i).collect::<Vec<_>>()))
-            .collect();
         assert_eq!(
-            shape,
+            shape(&r),
             vec![
-                (Op::Add, vec![0, 1]),
-                (Op::Delete, vec![2]),
-                (Op::Add, vec![3])
+                ("fwd", Op::Add, vec![0, 1]),
+                ("fwd", Op::Delete, vec![2]),
+                ("fwd", Op::Add, vec![3])
+            ]
+        );
+    }
+
+    #[test]
+    fn runs_split_where_the_kind_changes() {
+        use FirewallChange::*;
+        let r = runs(&[
+            Add(f(1)),
+            AddOutbound(o(1)),
+            AddOutbound(o(2)),
+            AddPinhole(p(1)),
+            RemovePinhole(p(2)),
+            RemoveOutbound(o(3)),
+            Add(f(2)),
+        ]);
+        assert_eq!(
+            shape(&r),
+            vec![
+                ("fwd", Op::Add, vec![0]),
+                ("out", Op::Add, vec![1, 2]),
+                ("pin", Op::Add, vec![3]),
+                ("pin", Op::Delete, vec![4]),
+                ("out", Op::Delete, vec![5]),
+                ("fwd", Op::Add, vec![6]),
+            ]
+        );
+    }
+
+    #[test]
+    fn elements_are_named_in_errors() {
+        assert_eq!(
+            describe(&FirewallChange::Remove(f(4000))),
+            "udp 4000 -> 10.0.0.2:4000"
+        );
+        assert_eq!(
+            describe(&FirewallChange::AddOutbound(o(4000))),
+            "udp 10.0.0.2:4000 -> source port 4001"
+        );
+        assert_eq!(
+            describe(&FirewallChange::RemovePinhole(p(80))),
+            "tcp [2001:db8:1::10]:80"
+        );
+        let state = Installed {
+            forwards: vec![f(1), f(2)],
+            outbound: vec![o(3)],
+            pinholes: vec![p(4), p(5)],
+        };
+        let named: Vec<_> = (0..6).map(|i| describe_installed(&state, i)).collect();
+        assert_eq!(
+            named,
+            vec![
+                Some("udp 1 -> 10.0.0.2:1".to_string()),
+                Some("udp 2 -> 10.0.0.2:2".to_string()),
+                Some("udp 10.0.0.2:3 -> source port 4".to_string()),
+                Some("tcp [2001:db8:1::10]:4".to_string()),
+                Some("tcp [2001:db8:1::10]:5".to_string()),
+                None,
             ]
         );
     }
@@ -196,6 +354,7 @@ mod tests {
         let cfg = NftConfig {
             table: "bad name".into(),
             external_interface: "eth0".into(),
+            ipv6_inbound_drop: false,
         };
         assert!(matches!(
             Nftables::new(cfg),

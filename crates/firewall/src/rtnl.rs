@@ -1,7 +1,7 @@
-//! Small rtnetlink (NETLINK_ROUTE) dumps: interface indexes and names, IPv4 addresses,
-//! and which interfaces carry the IPv4 default route. Read-only.
+//! Small rtnetlink (NETLINK_ROUTE) dumps: interface indexes and names, IPv4 and IPv6
+//! addresses, and which interfaces carry the IPv4 default route. Read-only.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use crate::netlink::{
@@ -19,6 +19,15 @@ pub struct InterfaceAddr {
     pub prefix_len: u8,
 }
 
+/// An IPv6 address of an interface that is usable now (not tentative, not failed DAD).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddr6 {
+    pub index: u32,
+    pub name: String,
+    pub address: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
 const RTM_GETLINK: u16 = 18;
 const RTM_GETADDR: u16 = 22;
 const RTM_GETROUTE: u16 = 26;
@@ -29,6 +38,9 @@ const RTM_NEWROUTE: u16 = 24;
 const IFLA_IFNAME: u16 = 3;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const IFA_FLAGS: u16 = 8;
+/// Not usable (yet): duplicate address detection is running or found a duplicate.
+const IFA_UNUSABLE: u32 = libc::IFA_F_TENTATIVE | libc::IFA_F_DADFAILED;
 const RTA_OIF: u16 = 4;
 const RTA_MULTIPATH: u16 = 9;
 const RTA_TABLE: u16 = 15;
@@ -61,20 +73,42 @@ pub fn ipv4_addresses() -> Result<Vec<InterfaceAddr>, FirewallError> {
     let mut out = Vec::new();
     for payload in dump(RTM_GETADDR, &ifaddrmsg(libc::AF_INET as u8), RTM_NEWADDR)? {
         if let Some((index, address, prefix_len)) = parse_addr(&payload)? {
-            let name = links
-                .iter()
-                .find(|(i, _)| *i == index)
-                .map(|(_, n)| n.clone())
-                .unwrap_or_default();
             out.push(InterfaceAddr {
                 index,
-                name,
+                name: link_name(&links, index),
                 address,
                 prefix_len,
             });
         }
     }
     Ok(out)
+}
+
+/// Every usable IPv6 address of every interface, link-local ones included (RTM_GETADDR
+/// dump). Tentative addresses (duplicate address detection still running) and ones whose
+/// detection failed are left out: the kernel will not send from them.
+pub fn ipv6_addresses() -> Result<Vec<InterfaceAddr6>, FirewallError> {
+    let links = links()?;
+    let mut out = Vec::new();
+    for payload in dump(RTM_GETADDR, &ifaddrmsg(libc::AF_INET6 as u8), RTM_NEWADDR)? {
+        if let Some((index, address, prefix_len)) = parse_addr6(&payload)? {
+            out.push(InterfaceAddr6 {
+                index,
+                name: link_name(&links, index),
+                address,
+                prefix_len,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn link_name(links: &[(u32, String)], index: u32) -> String {
+    links
+        .iter()
+        .find(|(i, _)| *i == index)
+        .map(|(_, n)| n.clone())
+        .unwrap_or_default()
 }
 
 /// The interface index of every IPv4 default route in the main table (each nexthop of a
@@ -91,15 +125,17 @@ pub fn default_route_interfaces() -> Result<Vec<u32>, FirewallError> {
     Ok(out)
 }
 
-/// Notifications of IPv4 address changes (RTMGRP_IPV4_IFADDR), so the daemon can follow
-/// its external address without polling.
+/// Notifications of IPv4 and IPv6 address changes (RTMGRP_IPV4_IFADDR,
+/// RTMGRP_IPV6_IFADDR), so the daemon can follow its addresses without polling. An IPv6
+/// address also notifies when it leaves the tentative state.
 pub struct AddressMonitor {
     sock: NlSocket,
 }
 
 impl AddressMonitor {
     pub fn open() -> Result<AddressMonitor, FirewallError> {
-        let sock = NlSocket::open_groups(libc::NETLINK_ROUTE, libc::RTMGRP_IPV4_IFADDR as u32)
+        let groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+        let sock = NlSocket::open_groups(libc::NETLINK_ROUTE, groups)
             .map_err(|e| FirewallError::io("opening the rtnetlink address monitor", e))?;
         Ok(AddressMonitor { sock })
     }
@@ -234,27 +270,58 @@ fn parse_link(p: &[u8]) -> Result<Option<(u32, String)>, FirewallError> {
     Ok(None)
 }
 
+/// One RTM_NEWADDR, whatever its family.
+struct IfAddr<'a> {
+    family: u8,
+    prefix_len: u8,
+    index: u32,
+    /// IFA_FLAGS when present (it holds all 32 bits), else the header's 8.
+    flags: u32,
+    /// IFA_LOCAL, else IFA_ADDRESS: IFA_LOCAL is the interface's own address, IFA_ADDRESS
+    /// the peer on point-to-point links (and the own address elsewhere).
+    address: Option<&'a [u8]>,
+}
+
 /// RTM_NEWADDR: ifaddrmsg { family, prefixlen, flags, scope, index: u32 } + attrs.
-/// IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on point-to-point links.
-fn parse_addr(p: &[u8]) -> Result<Option<(u32, Ipv4Addr, u8)>, FirewallError> {
+fn parse_ifaddr(p: &[u8]) -> Result<IfAddr<'_>, FirewallError> {
     let Some(h) = p.get(..IFADDRMSG_LEN) else {
         return Err(malformed(netlink::Malformed("short ifaddrmsg")));
     };
-    if h[0] != libc::AF_INET as u8 {
-        return Ok(None);
-    }
-    let (prefix_len, index) = (h[1], netlink::u32_ne(&h[4..8]));
-    let (mut local, mut address) = (None, None);
+    let (mut local, mut address, mut flags) = (None, None, u32::from(h[2]));
     for a in netlink::attrs(&p[IFADDRMSG_LEN..]) {
         let (ty, v) = a.map_err(malformed)?;
-        let ip = <[u8; 4]>::try_from(v).ok().map(Ipv4Addr::from);
         match ty {
-            IFA_LOCAL => local = ip,
-            IFA_ADDRESS => address = ip,
+            IFA_LOCAL => local = Some(v),
+            IFA_ADDRESS => address = Some(v),
+            IFA_FLAGS => flags = netlink::attr_u32(v).unwrap_or(flags),
             _ => {}
         }
     }
-    Ok(local.or(address).map(|a| (index, a, prefix_len)))
+    Ok(IfAddr {
+        family: h[0],
+        prefix_len: h[1],
+        index: netlink::u32_ne(&h[4..8]),
+        flags,
+        address: local.or(address),
+    })
+}
+
+fn parse_addr(p: &[u8]) -> Result<Option<(u32, Ipv4Addr, u8)>, FirewallError> {
+    let a = parse_ifaddr(p)?;
+    if a.family != libc::AF_INET as u8 {
+        return Ok(None);
+    }
+    let ip = a.address.and_then(|v| <[u8; 4]>::try_from(v).ok());
+    Ok(ip.map(|ip| (a.index, Ipv4Addr::from(ip), a.prefix_len)))
+}
+
+fn parse_addr6(p: &[u8]) -> Result<Option<(u32, Ipv6Addr, u8)>, FirewallError> {
+    let a = parse_ifaddr(p)?;
+    if a.family != libc::AF_INET6 as u8 || a.flags & IFA_UNUSABLE != 0 {
+        return Ok(None);
+    }
+    let ip = a.address.and_then(|v| <[u8; 16]>::try_from(v).ok());
+    Ok(ip.map(|ip| (a.index, Ipv6Addr::from(ip), a.prefix_len)))
 }
 
 /// RTM_NEWROUTE: rtmsg { family, dst_len, src_len, tos, table, protocol, scope, type,
@@ -333,6 +400,77 @@ mod tests {
         let mut bad = p.clone();
         bad.extend([200, 0, 1, 0]); // attribute claiming 200 bytes
         assert!(parse_addr(&bad).is_err());
+    }
+
+    fn ifaddr6(prefix_len: u8, header_flags: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut p = ifaddrmsg(libc::AF_INET6 as u8).to_vec();
+        p[1] = prefix_len;
+        p[2] = header_flags;
+        p[4..8].copy_from_slice(&4u32.to_ne_bytes());
+        for (ty, v) in attrs {
+            p.extend(attr(*ty, v));
+        }
+        p
+    }
+
+    #[test]
+    fn ipv6_address_with_usable_flags() {
+        let a: Ipv6Addr = "2001:db8:1::1".parse().unwrap();
+        let ll: Ipv6Addr = "fe80::1".parse().unwrap();
+        // IFA_F_PERMANENT (0x80) and IFA_F_NOPREFIXROUTE (0x200) do not matter.
+        let p = ifaddr6(
+            64,
+            0x80,
+            &[
+                (IFA_ADDRESS, &a.octets()),
+                (IFA_FLAGS, &0x280u32.to_ne_bytes()),
+            ],
+        );
+        assert_eq!(parse_addr6(&p).unwrap(), Some((4, a, 64)));
+        let p = ifaddr6(64, 0x80, &[(IFA_ADDRESS, &ll.octets())]);
+        assert_eq!(parse_addr6(&p).unwrap(), Some((4, ll, 64)));
+        // An IPv4 message is not an IPv6 address, nor the other way round.
+        assert_eq!(parse_addr(&p).unwrap(), None);
+        let mut v4 = ifaddrmsg(libc::AF_INET as u8).to_vec();
+        v4.extend(attr(IFA_LOCAL, &[192, 0, 2, 1]));
+        assert_eq!(parse_addr6(&v4).unwrap(), None);
+    }
+
+    #[test]
+    fn tentative_and_dadfailed_ipv6_addresses_are_skipped() {
+        let a: Ipv6Addr = "2001:db8:1::1".parse().unwrap();
+        for flags in [
+            libc::IFA_F_TENTATIVE,
+            libc::IFA_F_DADFAILED | libc::IFA_F_TENTATIVE,
+        ] {
+            // In the header's 8 bits ...
+            let p = ifaddr6(64, flags as u8, &[(IFA_ADDRESS, &a.octets())]);
+            assert_eq!(parse_addr6(&p).unwrap(), None, "{flags:#x}");
+            // ... and in IFA_FLAGS, which wins over the header.
+            let p = ifaddr6(
+                64,
+                0,
+                &[
+                    (IFA_ADDRESS, &a.octets()),
+                    (IFA_FLAGS, &flags.to_ne_bytes()),
+                ],
+            );
+            assert_eq!(parse_addr6(&p).unwrap(), None, "{flags:#x}");
+        }
+        let p = ifaddr6(
+            64,
+            libc::IFA_F_TENTATIVE as u8,
+            &[(IFA_ADDRESS, &a.octets()), (IFA_FLAGS, &0u32.to_ne_bytes())],
+        );
+        assert_eq!(parse_addr6(&p).unwrap(), Some((4, a, 64)));
+        // A point-to-point address: IFA_LOCAL is ours, IFA_ADDRESS the peer.
+        let peer: Ipv6Addr = "2001:db8:1::2".parse().unwrap();
+        let p = ifaddr6(
+            128,
+            0,
+            &[(IFA_ADDRESS, &peer.octets()), (IFA_LOCAL, &a.octets())],
+        );
+        assert_eq!(parse_addr6(&p).unwrap(), Some((4, a, 128)));
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! Validation is pure (it takes the kernel's view of the interfaces as input), so every
 //! refusal of an unsafe layout is unit-tested without touching the machine.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use natwarden_core::{Action, InternalInterface, Ipv4Net, Policy, PortRange, Rule};
+use natwarden_core::{Action, InternalInterface, IpNet, Ipv4Net, Ipv6Net, Policy, PortRange, Rule};
 use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/natwarden/natwarden.toml";
@@ -14,6 +14,8 @@ pub const DEFAULT_PATH: &str = "/etc/natwarden/natwarden.toml";
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub interfaces: InterfacesConfig,
+    #[serde(default)]
+    pub protocols: ProtocolsConfig,
     #[serde(default)]
     pub mappings: MappingsConfig,
     #[serde(default, rename = "rule")]
@@ -60,6 +62,28 @@ pub struct InterfacesConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct ProtocolsConfig {
+    /// NAT-PMP (RFC 6886).
+    pub nat_pmp: bool,
+    /// PCP (RFC 6887).
+    pub pcp: bool,
+    /// LAN hosts allowed PCP's THIRD_PARTY option (mappings for other hosts of their
+    /// subnet). Empty: nobody.
+    pub third_party_clients: Vec<IpAddr>,
+}
+
+impl Default for ProtocolsConfig {
+    fn default() -> Self {
+        ProtocolsConfig {
+            nat_pmp: true,
+            pcp: true,
+            third_party_clients: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MappingsConfig {
     pub min_lifetime: u32,
     pub max_lifetime: u32,
@@ -99,6 +123,10 @@ pub enum BackendKind {
 pub struct FirewallConfig {
     pub backend: BackendKind,
     pub table: String,
+    /// Drop new inbound IPv6 TCP/UDP connections on the external interface that no
+    /// pinhole allows. Off by default: natwarden touches only its own traffic unless
+    /// asked; turn it on where no other firewall already does this (RFC 6092).
+    pub ipv6_inbound_drop: bool,
 }
 
 impl Default for FirewallConfig {
@@ -106,6 +134,7 @@ impl Default for FirewallConfig {
         FirewallConfig {
             backend: BackendKind::Nftables,
             table: "natwarden".into(),
+            ipv6_inbound_drop: false,
         }
     }
 }
@@ -130,6 +159,7 @@ pub struct InterfaceFacts {
     pub name: String,
     pub index: u32,
     pub addresses: Vec<Ipv4Net>,
+    pub addresses6: Vec<Ipv6Net>,
 }
 
 /// The kernel's view that validation needs.
@@ -157,6 +187,7 @@ pub struct Settings {
     pub follow_external_address: bool,
     pub backend: BackendKind,
     pub table: String,
+    pub ipv6_inbound_drop: bool,
     pub state_file: PathBuf,
     pub control_socket: PathBuf,
     pub control_group: Option<String>,
@@ -227,6 +258,15 @@ pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<P
         ));
     }
     let external_nets: Vec<Ipv4Net> = external.map(|e| e.addresses.clone()).unwrap_or_default();
+    let external_nets6: Vec<Ipv6Net> = external
+        .map(|e| {
+            e.addresses6
+                .iter()
+                .filter(|n| !n.is_link_local())
+                .copied()
+                .collect()
+        })
+        .unwrap_or_default();
     let external_address = ifs
         .external_address
         .or_else(|| external_nets.first().map(|n| n.addr()));
@@ -311,10 +351,24 @@ pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<P
                 ));
             }
         }
+        for net in iface.addresses6.iter().filter(|n| !n.is_link_local()) {
+            for ext in &external_nets6 {
+                if net.overlaps(ext) {
+                    problems.push(problem(
+                        &key,
+                        format!(
+                            "internal IPv6 prefix {net} of `{name}` overlaps external prefix {ext}"
+                        ),
+                        "give the LAN a prefix of its own (e.g. a delegated /64)",
+                    ));
+                }
+            }
+        }
         internal.push(InternalInterface {
             name: name.clone(),
             index: iface.index,
             net: own,
+            nets6: iface.addresses6.clone(),
         });
     }
 
@@ -362,6 +416,23 @@ pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<P
                 "write a prefix such as \"10.20.0.0/16\"",
             )),
         }
+    }
+
+    for (i, host) in cfg.protocols.third_party_clients.iter().enumerate() {
+        if !internal.iter().any(|iface| iface.subnet_contains(*host)) {
+            problems.push(problem(
+                &format!("protocols.third_party_clients[{i}]"),
+                format!("{host} is not a host of an internal subnet"),
+                "list only LAN hosts that may map ports for other LAN hosts",
+            ));
+        }
+    }
+    if !cfg.protocols.nat_pmp && !cfg.protocols.pcp {
+        problems.push(problem(
+            "protocols",
+            "both nat_pmp and pcp are off",
+            "turn at least one on, or do not run natwarden",
+        ));
     }
 
     let m = &cfg.mappings;
@@ -418,6 +489,9 @@ pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<P
     policy.max_per_client = m.max_per_client;
     policy.requests_per_second_per_client = m.requests_per_second_per_client;
     policy.rules = rules;
+    policy.nat_pmp = cfg.protocols.nat_pmp;
+    policy.pcp = cfg.protocols.pcp;
+    policy.third_party_clients = cfg.protocols.third_party_clients.clone();
     Ok(Settings {
         policy,
         external_interface: ifs.external.clone(),
@@ -425,6 +499,7 @@ pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<P
         follow_external_address: ifs.external_address.is_none(),
         backend: cfg.firewall.backend,
         table: table.clone(),
+        ipv6_inbound_drop: cfg.firewall.ipv6_inbound_drop,
         state_file: cfg.state.file.clone(),
         control_socket: cfg.control.socket.clone(),
         control_group: cfg.control.group.clone(),
@@ -453,7 +528,7 @@ fn parse_rule(r: &RuleConfig) -> Result<Rule, RuleError> {
     Ok(Rule {
         action,
         external_ports: ports("external_ports", &r.external_ports)?,
-        internal_addresses: r.internal_addresses.parse().map_err(
+        internal_addresses: r.internal_addresses.parse::<IpNet>().map_err(
             |e: natwarden_core::net::NetParseError| {
                 (
                     "internal_addresses",
@@ -491,30 +566,66 @@ mod tests {
         s.parse().expect("prefix")
     }
 
+    fn iface(name: &str, index: u32, v4: &str) -> InterfaceFacts {
+        InterfaceFacts {
+            name: name.into(),
+            index,
+            addresses: vec![net(v4)],
+            addresses6: Vec::new(),
+        }
+    }
+
+    fn net6(s: &str) -> Ipv6Net {
+        match s.parse::<IpNet>() {
+            Ok(IpNet::V6(n)) => n,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ipv6_prefixes_are_taken_and_overlaps_refused() {
+        let mut f = facts();
+        f.interfaces[1].addresses6 = vec![net6("2001:db8:100::7/64"), net6("fe80::1/64")];
+        f.interfaces[2].addresses6 = vec![net6("2001:db8:1::1/64"), net6("fe80::1/64")];
+        let s = validate(&config(""), &f).expect("link-local prefixes never count as overlap");
+        assert_eq!(s.policy.internal[0].nets6.len(), 2);
+        f.interfaces[2].addresses6 = vec![net6("2001:db8:100::1/64")];
+        let p = refused(&config(""), &f);
+        assert!(p.iter().any(|p| p.message.contains("IPv6 prefix")), "{p:?}");
+    }
+
+    #[test]
+    fn third_party_clients_must_be_lan_hosts_and_protocols_configurable() {
+        let p = refused(
+            &config("[protocols]\nthird_party_clients = [\"10.1.1.1\"]\n"),
+            &facts(),
+        );
+        assert_eq!(p[0].key, "protocols.third_party_clients[0]");
+        let s = validate(
+            &config("[protocols]\npcp = false\nthird_party_clients = [\"192.168.1.10\"]\n"),
+            &facts(),
+        )
+        .expect("valid");
+        assert!(!s.policy.pcp && s.policy.nat_pmp);
+        assert_eq!(
+            s.policy.third_party_clients,
+            vec![IpAddr::from([192, 168, 1, 10])]
+        );
+        let p = refused(
+            &config("[protocols]\npcp = false\nnat_pmp = false\n"),
+            &facts(),
+        );
+        assert_eq!(p[0].key, "protocols");
+    }
+
     /// The lab's layout: eth0 on the WAN (default route), br-lan on the LAN.
     fn facts() -> SystemFacts {
         SystemFacts {
             interfaces: vec![
-                InterfaceFacts {
-                    name: "lo".into(),
-                    index: 1,
-                    addresses: vec![net("127.0.0.1/8")],
-                },
-                InterfaceFacts {
-                    name: "eth0".into(),
-                    index: 2,
-                    addresses: vec![net("198.51.100.7/24")],
-                },
-                InterfaceFacts {
-                    name: "br-lan".into(),
-                    index: 3,
-                    addresses: vec![net("192.168.1.1/24")],
-                },
-                InterfaceFacts {
-                    name: "guest".into(),
-                    index: 4,
-                    addresses: vec![net("192.168.2.1/24")],
-                },
+                iface("lo", 1, "127.0.0.1/8"),
+                iface("eth0", 2, "198.51.100.7/24"),
+                iface("br-lan", 3, "192.168.1.1/24"),
+                iface("guest", 4, "192.168.2.1/24"),
             ],
             default_route_interfaces: vec![2],
         }

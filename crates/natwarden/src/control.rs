@@ -2,7 +2,7 @@
 //! open. One request line in, one JSON document out; `natwarden status` is its client.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -24,7 +24,7 @@ const MAX_REQUEST: u64 = 4096;
 pub enum Request {
     Status,
     Delete {
-        client: Ipv4Addr,
+        client: IpAddr,
         protocol: Option<String>,
         internal_port: Option<u16>,
     },
@@ -33,13 +33,22 @@ pub enum Request {
 impl Request {
     /// `CLIENT` or `CLIENT:PORT/PROTO`, as `natwarden status --delete` takes it.
     pub fn parse_delete(spec: &str) -> Result<Request, String> {
-        let bad =
-            || format!("`{spec}` is not CLIENT or CLIENT:PORT/PROTO (e.g. 192.168.1.10:8080/tcp)");
-        let (addr, rest) = match spec.split_once(':') {
-            Some((a, r)) => (a, Some(r)),
-            None => (spec, None),
+        let bad = || {
+            format!("`{spec}` is not CLIENT or CLIENT:PORT/PROTO (e.g. 192.168.1.10:8080/tcp, [2001:db8::10]:8080/tcp)")
         };
-        let client: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        // An IPv6 client with a port is bracketed: [2001:db8::10]:8080/tcp.
+        let (addr, rest) = if let Some(inner) = spec.strip_prefix('[') {
+            let (a, r) = inner.split_once(']').ok_or_else(bad)?;
+            (a, Some(r.strip_prefix(':').ok_or_else(bad)?))
+        } else if spec.matches(':').count() > 1 {
+            (spec, None)
+        } else {
+            match spec.split_once(':') {
+                Some((a, r)) => (a, Some(r)),
+                None => (spec, None),
+            }
+        };
+        let client: IpAddr = addr.parse().map_err(|_| bad())?;
         let (protocol, internal_port) = match rest {
             None => (None, None),
             Some(r) => {
@@ -189,7 +198,7 @@ mod tests {
         assert_eq!(
             Request::parse_delete("192.168.1.10:8080/tcp"),
             Ok(Request::Delete {
-                client: Ipv4Addr::new(192, 168, 1, 10),
+                client: IpAddr::from([192, 168, 1, 10]),
                 protocol: Some("tcp".into()),
                 internal_port: Some(8080)
             })
@@ -197,12 +206,29 @@ mod tests {
         assert_eq!(
             Request::parse_delete("192.168.1.10"),
             Ok(Request::Delete {
-                client: Ipv4Addr::new(192, 168, 1, 10),
+                client: IpAddr::from([192, 168, 1, 10]),
+                protocol: None,
+                internal_port: None
+            })
+        );
+        assert_eq!(
+            Request::parse_delete("[2001:db8:1::10]:8080/udp"),
+            Ok(Request::Delete {
+                client: "2001:db8:1::10".parse().expect("v6"),
+                protocol: Some("udp".into()),
+                internal_port: Some(8080)
+            })
+        );
+        assert_eq!(
+            Request::parse_delete("2001:db8:1::10"),
+            Ok(Request::Delete {
+                client: "2001:db8:1::10".parse().expect("v6"),
                 protocol: None,
                 internal_port: None
             })
         );
         for bad in [
+            "[2001:db8:1::10]8080/udp",
             "192.168.1.10:8080",
             "192.168.1.10:x/tcp",
             "192.168.1.10:80/sctp",

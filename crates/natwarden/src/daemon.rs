@@ -2,17 +2,18 @@
 //! core, firewall changes to the backend, table changes to the state journal, and
 //! signals, address changes, admin requests and timers into the core.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use natwarden_core::{
-    DropReason, FirewallChange, Forward, Gateway, StateEvent, Verdict, MAX_REPLY,
+    Announcement, DropReason, FirewallChange, Gateway, Mapping, Multicast, StateEvent, Verdict,
+    MAX_REPLY,
 };
 use natwarden_firewall::rtnl::{self, AddressMonitor};
 use natwarden_firewall::Backend;
-use natwarden_wire::natpmp;
+use natwarden_wire::{natpmp, pcp};
 use tracing::{error, info, warn};
 
 use crate::config::{self, Settings};
@@ -30,8 +31,8 @@ const BATCH: usize = 256;
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Reply {
-    to: SocketAddrV4,
-    from: Ipv4Addr,
+    to: SocketAddr,
+    from: IpAddr,
     interface: u32,
     len: usize,
     bytes: [u8; MAX_REPLY],
@@ -43,7 +44,7 @@ struct DropLog {
 }
 
 impl DropLog {
-    fn record(&mut self, now: Instant, reason: DropReason, source: SocketAddrV4, interface: u32) {
+    fn record(&mut self, now: Instant, reason: DropReason, source: SocketAddr, interface: u32) {
         if now < self.next {
             self.suppressed += 1;
             return;
@@ -95,6 +96,8 @@ pub struct Daemon {
     gateway: Gateway,
     backend: Box<dyn Backend>,
     socket: PktinfoSocket,
+    /// IPv6 (PCP only), when an internal interface has IPv6 addresses.
+    socket6: Option<PktinfoSocket>,
     signals: Signals,
     control: ControlServer,
     monitor: Option<AddressMonitor>,
@@ -115,8 +118,18 @@ impl Daemon {
         seed: u64,
     ) -> anyhow::Result<Daemon> {
         let signals = Signals::new().context("setting up signal handling")?;
-        let socket = PktinfoSocket::bind(natpmp::SERVER_PORT)
+        let socket = PktinfoSocket::bind(natpmp::SERVER_PORT, false)
             .with_context(|| format!("binding UDP port {}", natpmp::SERVER_PORT))?;
+        let dual_stack =
+            settings.policy.pcp && settings.policy.internal.iter().any(|i| !i.nets6.is_empty());
+        let socket6 = if dual_stack {
+            Some(
+                PktinfoSocket::bind(pcp::SERVER_PORT, true)
+                    .with_context(|| format!("binding UDP port {} on IPv6", pcp::SERVER_PORT))?,
+            )
+        } else {
+            None
+        };
         let group = settings
             .control_group
             .as_deref()
@@ -141,10 +154,10 @@ impl Daemon {
             settings.external_address,
             seed,
         );
-        let (epoch_start_ms, forwards) = restore(&mut gateway, &settings, clock);
+        let epoch_start_ms = restore(&mut gateway, &settings, clock);
         // The kernel gets exactly the restored state: nothing it does not know, nothing missing.
         backend
-            .install(&forwards)
+            .install(&gateway.installed())
             .context("installing the nftables table")?;
         let snapshot = snapshot(&gateway, clock);
         gateway.drain_events().for_each(drop);
@@ -156,9 +169,12 @@ impl Daemon {
             external = %settings.external_interface,
             address = ?settings.external_address,
             internal = ?settings.policy.internal.iter().map(|i| format!("{} {}", i.name, i.net)).collect::<Vec<_>>(),
-            mappings = forwards.len(),
+            mappings = gateway.mapping_count(),
             epoch = gateway.epoch(clock.mono),
-            "natwarden serving NAT-PMP on port {}",
+            nat_pmp = settings.policy.nat_pmp,
+            pcp = settings.policy.pcp,
+            ipv6 = socket6.is_some(),
+            "natwarden serving NAT-PMP/PCP on port {}",
             natpmp::SERVER_PORT
         );
         Ok(Daemon {
@@ -167,6 +183,7 @@ impl Daemon {
             gateway,
             backend,
             socket,
+            socket6,
             signals,
             control,
             monitor,
@@ -201,9 +218,11 @@ impl Daemon {
                 .poll_timeout()
                 .map(|t| t.saturating_duration_since(now));
             let monitor_fd = self.monitor.as_ref().map_or(-1, |m| m.raw_fd());
-            let [sock, sig, ctl, mon] = poll_readable(
+            let sock6_fd = self.socket6.as_ref().map_or(-1, |s| s.raw_fd());
+            let [sock, sock6, sig, ctl, mon] = poll_readable(
                 [
                     self.socket.raw_fd(),
+                    sock6_fd,
                     self.signals.raw_fd(),
                     self.control.raw_fd(),
                     monitor_fd,
@@ -228,17 +247,31 @@ impl Daemon {
             if ctl {
                 self.serve_control()?;
             }
-            if sock {
-                self.receive_batch(&mut buf)?;
+            if sock || sock6 {
+                self.receive_batch(&mut buf, sock, sock6)?;
             }
         }
     }
 
-    fn receive_batch(&mut self, buf: &mut [u8]) -> anyhow::Result<()> {
+    fn receive_batch(&mut self, buf: &mut [u8], v4: bool, v6: bool) -> anyhow::Result<()> {
         let now = Instant::now();
+        // [IPv4, IPv6]: which sockets may still hold datagrams. Taking turns keeps one
+        // family from starving the other.
+        let mut ready = [v4, v6 && self.socket6.is_some()];
+        let mut turn = 1;
         for _ in 0..BATCH {
-            let Some(rx) = self.socket.recv(buf).context("receiving")? else {
+            if ready[1 - turn] {
+                turn = 1 - turn;
+            } else if !ready[turn] {
                 break;
+            }
+            let socket = match (turn, &self.socket6) {
+                (1, Some(s)) => s,
+                _ => &self.socket,
+            };
+            let Some(rx) = socket.recv(buf).context("receiving")? else {
+                ready[turn] = false;
+                continue;
             };
             let Some(ingress) = rx.ingress else {
                 // Truncated or without IP_PKTINFO: we cannot tell where it came from.
@@ -276,10 +309,11 @@ impl Daemon {
             if !committed {
                 continue;
             }
-            if let Err(e) = self
-                .socket
-                .send(&r.bytes[..r.len], r.to, r.from, r.interface)
-            {
+            let socket = match (r.to, &self.socket6) {
+                (SocketAddr::V6(_), Some(s)) => s,
+                _ => &self.socket,
+            };
+            if let Err(e) = socket.send(&r.bytes[..r.len], r.to, r.from, r.interface) {
                 warn!(to = %r.to, "sending reply failed: {e}");
             }
         }
@@ -303,7 +337,7 @@ impl Daemon {
                 self.gateway.reset(clock.mono);
                 self.gateway.drain_events().for_each(drop);
                 self.backend
-                    .install(&[])
+                    .install(&Default::default())
                     .context("reinstalling the nftables table after a failed change")?;
                 self.epoch_start_ms = clock.wall_ms;
                 self.journal = Journal::create(&self.settings.state_file, self.epoch_start_ms, &[])
@@ -367,14 +401,31 @@ impl Daemon {
     }
 
     fn announce(&mut self, now: Instant) {
-        let mut buf = [0u8; 16];
-        while let Some(n) = self.gateway.poll_announcement(now, &mut buf) {
-            let to = SocketAddrV4::new(natpmp::ANNOUNCE_ADDR, natpmp::CLIENT_PORT);
+        let mut due: Vec<Announcement> = Vec::new();
+        self.gateway.poll_announcements(now, &mut due);
+        for a in due {
             for iface in &self.settings.policy.internal {
-                if let Err(e) = self
-                    .socket
-                    .send(&buf[..n], to, iface.net.addr(), iface.index)
-                {
+                let sent = match a.to {
+                    Multicast::V4 => {
+                        let to = SocketAddr::from((natpmp::ANNOUNCE_ADDR, natpmp::CLIENT_PORT));
+                        let from = IpAddr::V4(iface.net.addr());
+                        self.socket.send(a.payload(), to, from, iface.index)
+                    }
+                    Multicast::V6 => {
+                        // From the interface's link-local address, as on-link multicast wants.
+                        let from = iface
+                            .nets6
+                            .iter()
+                            .find(|n| n.is_link_local())
+                            .or(iface.nets6.first());
+                        let (Some(s), Some(from)) = (&self.socket6, from) else {
+                            continue;
+                        };
+                        let to = SocketAddr::from((pcp::ANNOUNCE_ADDR_V6, pcp::CLIENT_PORT));
+                        s.send(a.payload(), to, IpAddr::V6(from.addr()), iface.index)
+                    }
+                };
+                if let Err(e) = sent {
                     warn!(interface = %iface.name, "sending announcement failed: {e}");
                 }
             }
@@ -478,7 +529,7 @@ impl Daemon {
     }
 }
 
-fn saved(m: &natwarden_core::Mapping, clock: Clock) -> SavedMapping {
+fn saved(m: &Mapping, clock: Clock) -> SavedMapping {
     SavedMapping {
         client: m.key.client,
         protocol: m.key.protocol.name().into(),
@@ -486,6 +537,9 @@ fn saved(m: &natwarden_core::Mapping, clock: Clock) -> SavedMapping {
         external_port: m.external_port,
         expires_ms: clock.wall_ms_of(m.expires),
         origin: m.origin.name().into(),
+        nonce: m.nonce.as_ref().map(state::nonce_hex),
+        inbound: m.inbound,
+        outbound: m.outbound,
     }
 }
 
@@ -494,20 +548,20 @@ fn snapshot(gateway: &Gateway, clock: Clock) -> Vec<SavedMapping> {
 }
 
 /// Restores what the state file proves; otherwise starts a new epoch and says why.
-/// Returns the epoch's wall-clock start and the forwards to install.
-fn restore(gateway: &mut Gateway, settings: &Settings, clock: Clock) -> (u64, Vec<Forward>) {
+/// Returns the epoch's wall-clock start.
+fn restore(gateway: &mut Gateway, settings: &Settings, clock: Clock) -> u64 {
     let path = settings.state_file.display();
     let (epoch_start_ms, saved) = match state::load(&settings.state_file) {
         Loaded::Missing => {
             info!("no state file at {path}: starting a new epoch");
-            return (clock.wall_ms, Vec::new());
+            return clock.wall_ms;
         }
         Loaded::Damaged { reason, kept_at } => {
             let kept = kept_at.map_or("could not be moved".into(), |p| {
                 format!("kept at {}", p.display())
             });
             warn!("state file {path} is damaged ({reason}; {kept}): starting a new epoch, clients will re-map");
-            return (clock.wall_ms, Vec::new());
+            return clock.wall_ms;
         }
         Loaded::Restored {
             epoch_start_ms,
@@ -516,39 +570,42 @@ fn restore(gateway: &mut Gateway, settings: &Settings, clock: Clock) -> (u64, Ve
     };
     let Some(elapsed) = clock.wall_ms.checked_sub(epoch_start_ms) else {
         warn!("state file {path} starts its epoch in the future (clock moved back?): starting a new epoch");
-        return (clock.wall_ms, Vec::new());
+        return clock.wall_ms;
     };
     gateway.continue_epoch(
         clock.mono,
         u32::try_from(elapsed / 1000).unwrap_or(u32::MAX),
     );
-    let mut forwards = Vec::new();
-    for m in saved {
-        let (Some(key), Some(origin)) = (m.key(), m.origin()) else {
+    let mut restored = 0;
+    for s in saved {
+        // replay() has checked key, origin and nonce; skip rather than trust otherwise.
+        let (Some(key), Some(origin), Ok(nonce)) = (s.key(), s.origin(), s.nonce()) else {
             continue;
         };
-        let Some(left) = m.expires_ms.checked_sub(clock.wall_ms).filter(|&l| l > 0) else {
+        let Some(left) = s.expires_ms.checked_sub(clock.wall_ms).filter(|&l| l > 0) else {
             continue; // expired while the daemon was down
         };
-        match gateway.restore(
-            clock.mono,
+        let m = Mapping {
             key,
-            m.external_port,
-            Duration::from_millis(left),
+            external_port: s.external_port,
+            expires: clock.mono,
             origin,
-        ) {
-            Ok(f) => forwards.push(f),
+            nonce,
+            inbound: s.inbound,
+            outbound: s.outbound,
+        };
+        match gateway.restore(clock.mono, m, Duration::from_millis(left)) {
+            Ok(()) => restored += 1,
             Err(e) => {
-                warn!(client = %m.client, port = m.internal_port, "not restoring a saved mapping: {e}")
+                warn!(client = %s.client, port = s.internal_port, "not restoring a saved mapping: {e}")
             }
         }
     }
     info!(
-        "restored {} mapping(s) from {path}; epoch continues at {} s",
-        forwards.len(),
+        "restored {restored} mapping(s) from {path}; epoch continues at {} s",
         elapsed / 1000
     );
-    (epoch_start_ms, forwards)
+    epoch_start_ms
 }
 
 fn group_id(name: &str) -> anyhow::Result<u32> {
@@ -573,5 +630,19 @@ fn log_change(c: &FirewallChange) {
             "unmapped {} external port {} -> {}",
             f.protocol, f.external_port, f.internal
         ),
+        FirewallChange::AddOutbound(o) => info!(
+            "pinned outbound {} {} -> source port {}",
+            o.protocol, o.internal, o.external_port
+        ),
+        FirewallChange::RemoveOutbound(o) => info!(
+            "unpinned outbound {} {} -> source port {}",
+            o.protocol, o.internal, o.external_port
+        ),
+        FirewallChange::AddPinhole(p) => {
+            info!("opened pinhole {} [{}]:{}", p.protocol, p.address, p.port)
+        }
+        FirewallChange::RemovePinhole(p) => {
+            info!("closed pinhole {} [{}]:{}", p.protocol, p.address, p.port)
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! interfaces, their IPv4 addresses, and where the default route goes.
 
 use anyhow::Context;
-use natwarden_core::Ipv4Net;
+use natwarden_core::{Ipv4Net, Ipv6Net};
 use natwarden_firewall::rtnl;
 
 use crate::config::{FileConfig, InterfaceFacts, SystemFacts};
@@ -10,6 +10,7 @@ use crate::config::{FileConfig, InterfaceFacts, SystemFacts};
 /// Facts about every interface the config names (missing ones are simply absent).
 pub fn gather(cfg: &FileConfig) -> anyhow::Result<SystemFacts> {
     let addrs = rtnl::ipv4_addresses().context("reading interface addresses over rtnetlink")?;
+    let addrs6 = rtnl::ipv6_addresses().context("reading IPv6 addresses over rtnetlink")?;
     let mut interfaces = Vec::new();
     let names = std::iter::once(&cfg.interfaces.external).chain(cfg.interfaces.internal.iter());
     for name in names {
@@ -26,10 +27,16 @@ pub fn gather(cfg: &FileConfig) -> anyhow::Result<SystemFacts> {
             .filter(|a| a.index == index)
             .filter_map(|a| Ipv4Net::new(a.address, a.prefix_len))
             .collect();
+        let addresses6 = addrs6
+            .iter()
+            .filter(|a| a.index == index)
+            .filter_map(|a| Ipv6Net::new(a.address, a.prefix_len))
+            .collect();
         interfaces.push(InterfaceFacts {
             name: name.clone(),
             index,
             addresses,
+            addresses6,
         });
     }
     let default_route_interfaces =

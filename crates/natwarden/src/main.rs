@@ -93,6 +93,7 @@ fn serve(path: &Path) -> anyhow::Result<()> {
             Nftables::new(NftConfig {
                 table: s.table.clone(),
                 external_interface: s.external_interface.clone(),
+                ipv6_inbound_drop: s.ipv6_inbound_drop,
             })
             .context("opening the nftables netlink socket")?,
         ),

@@ -9,11 +9,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use natwarden_core::{MappingKey, Origin};
+use natwarden_core::{MappingKey, Nonce, Origin};
 use natwarden_wire::Protocol;
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +30,7 @@ pub enum Record {
     },
     Upsert(SavedMapping),
     Remove {
-        client: Ipv4Addr,
+        client: IpAddr,
         protocol: String,
         internal_port: u16,
     },
@@ -42,12 +42,38 @@ pub enum Record {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SavedMapping {
-    pub client: Ipv4Addr,
+    pub client: IpAddr,
     pub protocol: String,
     pub internal_port: u16,
     pub external_port: u16,
     pub expires_ms: u64,
     pub origin: String,
+    /// PCP's mapping nonce, hex; absent for NAT-PMP mappings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    #[serde(default = "yes")]
+    pub inbound: bool,
+    #[serde(default)]
+    pub outbound: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub fn nonce_hex(n: &Nonce) -> String {
+    n.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn nonce_from_hex(s: &str) -> Option<Nonce> {
+    if s.len() != 24 || !s.is_ascii() {
+        return None;
+    }
+    let mut n = [0u8; 12];
+    for (i, byte) in n.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(n)
 }
 
 impl SavedMapping {
@@ -60,9 +86,14 @@ impl SavedMapping {
     }
 
     pub fn origin(&self) -> Option<Origin> {
-        match self.origin.as_str() {
-            "nat-pmp" => Some(Origin::NatPmp),
-            _ => None,
+        Origin::from_name(&self.origin)
+    }
+
+    /// The nonce, `Ok(None)` when there is none, `Err` when it is garbled.
+    pub fn nonce(&self) -> Result<Option<Nonce>, ()> {
+        match &self.nonce {
+            None => Ok(None),
+            Some(s) => nonce_from_hex(s).map(Some).ok_or(()),
         }
     }
 }
@@ -150,15 +181,15 @@ pub fn replay(bytes: &[u8]) -> Result<(u64, Vec<SavedMapping>), String> {
         None => return Err("no header".into()),
     };
     let mut live: Vec<SavedMapping> = Vec::new();
-    let mut index: std::collections::HashMap<(Ipv4Addr, String, u16), usize> = Default::default();
+    let mut index: std::collections::HashMap<(IpAddr, String, u16), usize> = Default::default();
     for (i, line) in lines {
         let record: Record =
             serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
         match record {
             Record::Header { .. } => return Err(format!("line {}: a second header", i + 1)),
             Record::Upsert(m) => {
-                if m.key().is_none() || m.origin().is_none() {
-                    return Err(format!("line {}: unknown protocol or origin", i + 1));
+                if m.key().is_none() || m.origin().is_none() || m.nonce().is_err() {
+                    return Err(format!("line {}: unknown protocol, origin or nonce", i + 1));
                 }
                 let k = (m.client, m.protocol.clone(), m.internal_port);
                 match index.get(&k) {
@@ -286,13 +317,41 @@ mod tests {
 
     fn saved(port: u16, expires_ms: u64) -> SavedMapping {
         SavedMapping {
-            client: Ipv4Addr::new(192, 168, 1, 10),
+            client: IpAddr::from([192, 168, 1, 10]),
             protocol: "tcp".into(),
             internal_port: port,
             external_port: port,
             expires_ms,
             origin: "nat-pmp".into(),
+            nonce: None,
+            inbound: true,
+            outbound: false,
         }
+    }
+
+    #[test]
+    fn pcp_mappings_keep_nonce_and_kinds_and_v6_clients() {
+        let m = SavedMapping {
+            client: "2001:db8:1::10".parse().expect("v6"),
+            origin: "pcp".into(),
+            nonce: Some(nonce_hex(&[0xab; 12])),
+            outbound: true,
+            ..saved(5000, 9)
+        };
+        let mut bytes = b"{\"header\":{\"version\":1,\"epoch_start_ms\":5}}\n".to_vec();
+        bytes.extend_from_slice(&serde_json::to_vec(&Record::Upsert(m.clone())).expect("json"));
+        bytes.push(b'\n');
+        let (_, live) = replay(&bytes).expect("replays");
+        assert_eq!(live, vec![m.clone()]);
+        assert_eq!(live[0].nonce(), Ok(Some([0xab; 12])));
+        let garbled = SavedMapping {
+            nonce: Some("zz".into()),
+            ..m
+        };
+        let mut bad = b"{\"header\":{\"version\":1,\"epoch_start_ms\":5}}\n".to_vec();
+        bad.extend_from_slice(&serde_json::to_vec(&Record::Upsert(garbled)).expect("json"));
+        bad.push(b'\n');
+        assert!(replay(&bad).is_err());
     }
 
     fn dir() -> PathBuf {
@@ -314,7 +373,7 @@ mod tests {
         j.append(&[
             Record::Upsert(saved(1, 9)),
             Record::Remove {
-                client: Ipv4Addr::new(192, 168, 1, 10),
+                client: IpAddr::from([192, 168, 1, 10]),
                 protocol: "tcp".into(),
                 internal_port: 2,
             },

@@ -29,6 +29,13 @@ pub fn to_json(gw: &Gateway, settings: &Settings, now: Instant) -> Value {
                 "external_port": m.external_port,
                 "lifetime_left": m.expires.saturating_duration_since(now).as_secs(),
                 "origin": m.origin.name(),
+                "nonce": m.nonce.as_ref().map(crate::state::nonce_hex),
+                "kind": match (m.inbound, m.outbound, m.key.client.is_ipv6()) {
+                    (_, _, true) => "pinhole",
+                    (true, true, _) => "map+peer",
+                    (false, true, _) => "peer",
+                    _ => "map",
+                },
             })
         })
         .collect();
@@ -40,6 +47,17 @@ pub fn to_json(gw: &Gateway, settings: &Settings, now: Instant) -> Value {
         )
     });
     let s = gw.stats();
+    let pcp_results: serde_json::Map<String, Value> = (0u8..14)
+        .zip(s.pcp_results.iter())
+        .map(|(code, c)| {
+            (
+                natwarden_wire::pcp::ResultCode(code)
+                    .name()
+                    .to_ascii_lowercase(),
+                json!(c),
+            )
+        })
+        .collect();
     let results: serde_json::Map<String, Value> = RESULT_NAMES
         .iter()
         .zip(s.results.iter())
@@ -57,6 +75,7 @@ pub fn to_json(gw: &Gateway, settings: &Settings, now: Instant) -> Value {
         "counters": {
             "requests": s.requests,
             "results": results,
+            "pcp_results": pcp_results,
             "drops": drops,
             "wan_drops": s.drops_for(DropReason::ExternalInterface),
             "mappings_created": s.mappings_created,
@@ -112,14 +131,26 @@ pub fn render(v: &Value) -> String {
     let mappings = v["mappings"].as_array().cloned().unwrap_or_default();
     out.push_str(&format!("mappings: {}\n", mappings.len()));
     for m in mappings {
+        let client = m["client"].as_str().unwrap_or("?");
+        let client = if client.contains(':') {
+            format!("[{client}]")
+        } else {
+            client.to_string()
+        };
+        let nonce = m["nonce"]
+            .as_str()
+            .map(|n| format!(", nonce {n}"))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "  {} {}:{} <- external port {}, {} s left, by {}\n",
+            "  {} {}:{} <- external port {}, {} s left, by {} ({}{})\n",
             m["protocol"].as_str().unwrap_or("?"),
-            m["client"].as_str().unwrap_or("?"),
+            client,
             m["internal_port"],
             m["external_port"],
             m["lifetime_left"],
             m["origin"].as_str().unwrap_or("?"),
+            m["kind"].as_str().unwrap_or("?"),
+            nonce,
         ));
     }
     out

@@ -389,10 +389,23 @@ fn lan_listener_receives_the_start_up_announcements() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let _d = lab.start(&lab.config("gw.toml", &[]));
-    let got = listener.join().expect("listener thread");
+    let all = listener.join().expect("listener thread");
+    // Each round carries NAT-PMP's announcement (version 0) and PCP's ANNOUNCE
+    // (version 2, RFC 6887 section 14.1.3).
+    let (got, pcp): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, _, b)| b.first() == Some(&0));
     assert!(
         got.len() >= 3,
         "expected several announcements in 4 s, got {got:?}"
+    );
+    // One PCP ANNOUNCE per round (the listening window may cut the last round short).
+    assert!(
+        pcp.len() + 1 >= got.len() && pcp.len() <= got.len(),
+        "{pcp:?}"
+    );
+    assert!(
+        pcp.iter()
+            .all(|(_, _, b)| b.len() == 24 && b[1] == 0x80 && b[3] == 0),
+        "{pcp:?}"
     );
     let first = &got[0];
     assert_eq!(first.1.to_string(), format!("{GW_LAN}:5351"));

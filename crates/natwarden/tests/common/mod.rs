@@ -314,3 +314,147 @@ pub fn all_output(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+// ---- for the client tests: a lab with a non-reserved WAN, and miniupnpd as its gateway ----
+
+const MINIUPNPD_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../lab/miniupnpd.sh");
+
+/// The WAN network of [`Lab::up_public_wan`]: not reserved, so miniupnpd serves behind it;
+/// it exists only inside the lab's namespaces.
+pub const PUBLIC_WAN_NET: &str = "45.45.45";
+pub const PUBLIC_GW_WAN: &str = "45.45.45.7";
+
+impl Lab {
+    /// As [`Lab::up`], with the WAN link in [`PUBLIC_WAN_NET`].0/24 (gateway .7, WAN host .100).
+    pub fn up_public_wan() -> Lab {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("nw{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("natwarden-{prefix}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("creating the lab's temp dir");
+        let st = Command::new("bash")
+            .args([NETNS_SH, "up", &prefix])
+            .env("LAB_WAN_NET", PUBLIC_WAN_NET)
+            .status()
+            .expect("running lab/netns.sh");
+        assert!(st.success(), "lab/netns.sh up failed");
+        Lab { prefix, dir }
+    }
+
+    /// miniupnpd serving NAT-PMP and PCP in the gateway (lab/miniupnpd.sh), stopped on drop.
+    pub fn start_miniupnpd(&self) -> Miniupnpd {
+        let o = Command::new("timeout")
+            .args(["20", "bash", MINIUPNPD_SH, "start", &self.prefix])
+            .arg(&self.dir)
+            .output()
+            .expect("running lab/miniupnpd.sh");
+        assert!(
+            o.status.success(),
+            "lab/miniupnpd.sh start failed:\n{}",
+            all_output(&o)
+        );
+        let pid = stdout(&o)
+            .trim()
+            .parse()
+            .expect("miniupnpd.sh prints the pid");
+        Miniupnpd {
+            prefix: self.prefix.clone(),
+            dir: self.dir.clone(),
+            pid,
+        }
+    }
+
+    /// The gateway's whole ruleset (`nft list ruleset`).
+    pub fn ruleset(&self) -> String {
+        stdout(&self.run(Host::Gw, 10, &["nft", "list", "ruleset"]))
+    }
+}
+
+/// Without miniupnpd the miniupnpd tests cannot run; under CI that is a failure.
+pub fn require_miniupnpd() -> bool {
+    let found = Command::new("sh")
+        .args(["-c", "command -v miniupnpd"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if found {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("miniupnpd is needed under CI=true: apt-get install miniupnpd-nftables");
+    }
+    eprintln!("skipping: miniupnpd is not installed (apt-get install miniupnpd-nftables)");
+    false
+}
+
+/// A running miniupnpd (it daemonizes; `pid` is the daemon's).
+pub struct Miniupnpd {
+    prefix: String,
+    dir: PathBuf,
+    pub pid: u32,
+}
+
+impl Miniupnpd {
+    pub fn is_running(&self) -> bool {
+        // SAFETY: kill(pid, 0) only checks that the process exists.
+        unsafe { libc::kill(self.pid as i32, 0) == 0 }
+    }
+
+    /// Stops it now (also what dropping does).
+    pub fn stop(self) {}
+}
+
+impl Drop for Miniupnpd {
+    fn drop(&mut self) {
+        let _ = Command::new("timeout")
+            .args(["10", "bash", MINIUPNPD_SH, "stop", &self.prefix])
+            .arg(&self.dir)
+            .status();
+        if self.is_running() {
+            // SAFETY: kill(2) on the daemon whose pid miniupnpd.sh reported.
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A line-by-line reader of a child's stdout, on a thread, with timeouts.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(out: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first line (from now on) for which `f` holds, within `timeout`.
+    pub fn wait_for(&mut self, timeout: Duration, f: impl Fn(&str) -> bool) -> Option<String> {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if f(&line) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}

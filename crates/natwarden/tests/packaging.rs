@@ -13,9 +13,15 @@ fn systemd_unit_verifies_with_the_built_binary() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("natwarden.service");
     std::fs::write(&path, unit).expect("writing the unit");
-    let out = match Command::new("systemd-analyze").arg("verify").arg(&path).output() {
+    let out = match Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+    {
         Ok(o) => o,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("systemd-analyze is needed under CI: {e}"),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("systemd-analyze is needed under CI: {e}")
+        }
         Err(_) => {
             eprintln!("skipping: systemd-analyze not installed");
             return;
@@ -43,6 +49,9 @@ fn systemd_unit_keeps_its_hardening() {
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX",
         "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
-        assert!(UNIT.lines().any(|l| l.trim() == line), "dist/natwarden.service lacks `{line}`");
+        assert!(
+            UNIT.lines().any(|l| l.trim() == line),
+            "dist/natwarden.service lacks `{line}`"
+        );
     }
 }

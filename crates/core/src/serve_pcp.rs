@@ -8,7 +8,6 @@ use natwarden_wire::pcp::{
     self, from_wire_address, ipv4_mapped, MapData, OpData, Options, PeerData, Request, Response,
     ResultCode,
 };
-use natwarden_wire::Protocol;
 
 use crate::firewall::FirewallChange;
 use crate::gateway::{Ask, DropReason, Gateway, Ingress, Refusal, Verdict};
@@ -176,21 +175,18 @@ impl Gateway {
         if wrong_address && req.options.prefer_failure {
             return Err(ResultCode::CANNOT_PROVIDE_EXTERNAL);
         }
-        let m = self
-            .grant(
-                now,
-                self.ask(
-                    client,
-                    protocol,
-                    req,
-                    d.internal_port,
-                    d.external_port,
-                    d.nonce.0,
-                    false,
-                ),
-                changes,
-            )
-            .map_err(result_of)?;
+        let ask = Ask {
+            client,
+            protocol,
+            internal_port: d.internal_port,
+            suggested_port: d.external_port,
+            lifetime: req.lifetime,
+            origin: Origin::Pcp,
+            nonce: Some(d.nonce.0),
+            prefer_failure: req.options.prefer_failure,
+            peer: false,
+        };
+        let m = self.grant(now, ask, changes).map_err(result_of)?;
         Ok((self.assigned(m, d), lifetime_left(&m, now)))
     }
 
@@ -218,43 +214,21 @@ impl Gateway {
                 None => Ok((d, 0)),
             };
         }
-        // Section 12.1: PEER behaves as if PREFER_FAILURE were always present.
-        let mut ask = self.ask(
+        let ask = Ask {
             client,
             protocol,
-            req,
-            d.internal_port,
-            d.external_port,
-            d.nonce.0,
-            true,
-        );
-        ask.prefer_failure = d.external_port != 0;
-        let m = self.grant(now, ask, changes).map_err(result_of)?;
-        Ok((self.assigned_peer(m, d), lifetime_left(&m, now)))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn ask(
-        &self,
-        client: IpAddr,
-        protocol: Protocol,
-        req: &Request,
-        internal_port: u16,
-        suggested_port: u16,
-        nonce: [u8; 12],
-        peer: bool,
-    ) -> Ask {
-        Ask {
-            client,
-            protocol,
-            internal_port,
-            suggested_port,
+            internal_port: d.internal_port,
+            suggested_port: d.external_port,
             lifetime: req.lifetime,
             origin: Origin::Pcp,
-            nonce: Some(nonce),
-            prefer_failure: req.options.prefer_failure,
-            peer,
-        }
+            nonce: Some(d.nonce.0),
+            // Section 12.1: PEER behaves as if PREFER_FAILURE were always present
+            // (when it suggests a port at all).
+            prefer_failure: d.external_port != 0,
+            peer: true,
+        };
+        let m = self.grant(now, ask, changes).map_err(result_of)?;
+        Ok((self.assigned_peer(m, d), lifetime_left(&m, now)))
     }
 
     /// The address the outside sees for `client`: ours for IPv4 (NAT), its own for

@@ -361,9 +361,9 @@ impl Daemon {
                 "writing the state journal {} failed: {e}",
                 self.journal.path().display()
             );
-            self.compact(clock)?;
+            self.compact(clock);
         } else if self.journal.wants_compaction(self.gateway.mapping_count()) {
-            self.compact(clock)?;
+            self.compact(clock);
         }
         Ok(true)
     }
@@ -385,7 +385,9 @@ impl Daemon {
         }
     }
 
-    fn compact(&mut self, clock: Clock) -> anyhow::Result<()> {
+    /// Rewrites the journal as a snapshot of the table. A failure is logged, not
+    /// fatal: the kernel and the core still agree, only durability is at risk.
+    fn compact(&mut self, clock: Clock) {
         match Journal::create(
             &self.settings.state_file,
             self.epoch_start_ms,
@@ -397,7 +399,6 @@ impl Daemon {
                 self.settings.state_file.display()
             ),
         }
-        Ok(())
     }
 
     fn announce(&mut self, now: Instant) {

@@ -3,7 +3,7 @@
 # then builds natwarden. Safe to run again.
 set -euo pipefail
 
-packages=(nftables iproute2 natpmpc nmap netcat-openbsd iputils-ping procps util-linux systemd)
+packages=(nftables iproute2 natpmpc nmap netcat-openbsd iputils-ping procps util-linux systemd miniupnpd-nftables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,7 @@
 //! natwarden: a NAT-PMP gateway that cannot be opened from the WAN.
 //! This file only wires the command line to the modules that do the work.
 
+mod client_cli;
 mod config;
 mod control;
 mod daemon;
@@ -58,6 +59,12 @@ enum Command {
         #[arg(long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Client: print the gateway's external address (PCP first, then NAT-PMP).
+    ExternalAddress(client_cli::ExternalAddressArgs),
+    /// Client: map a port of this host on the gateway (--keep holds it until Ctrl-C).
+    Map(client_cli::MapArgs),
+    /// Client: remove a mapping of this host (all of them with --all).
+    Unmap(client_cli::UnmapArgs),
 }
 
 fn init_logging() {
@@ -150,6 +157,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
+        Command::ExternalAddress(args) => return client_cli::external_address(args),
+        Command::Map(args) => return client_cli::map(args),
+        Command::Unmap(args) => return client_cli::unmap(args),
         Command::Serve { config } => serve(&config),
         Command::CheckConfig { config } => check_config(&config),
         Command::Status {

@@ -22,7 +22,9 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "lab: LAN host 192.168.1.10 -- gateway (br-lan 192.168.1.1 | eth0 198.51.100.7) -- WAN host 198.51.100.100"
 bash lab/netns.sh up $p
 cfg=$(mktemp /tmp/natwarden-demo-config.XXXXXX)
-sed "s#/var/lib/natwarden/state.json#/tmp/natwarden-demo-state.json#" examples/natwarden.toml >"$cfg"
+sed -e "s#/var/lib/natwarden/state.json#/tmp/natwarden-demo-state.json#" \
+    -e "s#/run/natwarden/control.sock#/tmp/natwarden-demo-control.sock#" examples/natwarden.toml >"$cfg"
+rm -f /tmp/natwarden-demo-state.json
 
 step "natwarden check-config --config examples/natwarden.toml"
 ip netns exec $p-gw "$bin" check-config --config "$cfg"
@@ -44,6 +46,13 @@ ip netns exec $p-lan timeout 5 nc -l -p 8080 &
 sleep 0.3
 echo "hello from the WAN, via natwarden's mapping" | ip netns exec $p-wan nc -N -w 3 198.51.100.7 8080
 wait $! || true
+
+step "LAN host, natwarden's own client (PCP): natwarden map 9090 --protocol udp --lifetime 600"
+ip netns exec $p-lan "$bin" map 9090 --protocol udp --lifetime 600 --timeout 10
+ip netns exec $p-lan "$bin" external-address --timeout 10
+
+step "gateway: natwarden status"
+ip netns exec $p-gw "$bin" status --config "$cfg"
 
 step "WAN host: natpmpc -g 198.51.100.7 (must get no answer)"
 if ip netns exec $p-wan timeout 3 natpmpc -g 198.51.100.7 | grep -q "Public IP"; then

@@ -97,14 +97,17 @@ pub fn render(v: &Value) -> String {
     out.push_str(&format!("epoch: {} s\n", v["epoch"]));
     let c = &v["counters"];
     out.push_str(&format!("requests: {}\n", c["requests"]));
-    if let Some(r) = c["results"].as_object() {
+    for (proto, key) in [("NAT-PMP", "results"), ("PCP", "pcp_results")] {
+        let Some(r) = c[key].as_object() else {
+            continue;
+        };
         let refused: Vec<String> = r
             .iter()
             .filter(|(k, n)| *k != "success" && n.as_u64().unwrap_or(0) > 0)
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
         out.push_str(&format!(
-            "granted: {}; refused: {}\n",
+            "{proto} granted: {}; refused: {}\n",
             r.get("success").cloned().unwrap_or(json!(0)),
             if refused.is_empty() {
                 "none".into()
@@ -154,4 +157,41 @@ pub fn render(v: &Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lists_facts_per_protocol_and_each_mapping() {
+        let v = json!({
+            "external_interface": "eth0",
+            "external_address": null,
+            "epoch": 42,
+            "mappings": [{
+                "client": "2001:db8:1::10", "protocol": "tcp", "internal_port": 8080,
+                "external_port": 8080, "lifetime_left": 30, "origin": "pcp",
+                "nonce": "00112233445566778899aabb", "kind": "pinhole"
+            }],
+            "counters": {
+                "requests": 9,
+                "results": {"success": 2, "not-authorized": 1},
+                "pcp_results": {"success": 1, "address_mismatch": 3},
+                "drops": {"external-interface": 5, "malformed": 0}
+            }
+        });
+        let text = render(&v);
+        for line in [
+            "external address: none (answering network failure) on eth0",
+            "epoch: 42 s",
+            "NAT-PMP granted: 2; refused: not-authorized 1",
+            "PCP granted: 1; refused: address_mismatch 3",
+            "dropped: external-interface 5",
+            "mappings: 1",
+            "  tcp [2001:db8:1::10]:8080 <- external port 8080, 30 s left, by pcp (pinhole, nonce 00112233445566778899aabb)",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+        }
+    }
 }

@@ -20,6 +20,8 @@ pub const MAX_REPLY: usize = 1100;
 const ANNOUNCE_COUNT: u8 = 10;
 const ANNOUNCE_FIRST_INTERVAL: Duration = Duration::from_millis(250);
 const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+/// Random external ports tried before a linear scan (see `Gateway::allocate`).
+const RANDOM_PROBES: u32 = 32;
 
 /// What the socket layer knows about a datagram (from IP_PKTINFO/IPV6_PKTINFO): the
 /// interface it came in on, who sent it, and which of our addresses it was sent to.
@@ -588,6 +590,25 @@ impl Gateway {
             .permissions
             .candidate_ranges(ask.client, ask.internal_port)
             .collect();
+        // Random probes first: with the table F full each finds a free port with
+        // probability 1-F, so a few suffice even at 50,000 mappings, whatever pattern
+        // of suggested ports LAN hosts have used. A linear scan from a random start
+        // would cross a long run of taken ports for every request (a host can make
+        // such runs on purpose by suggesting consecutive ports).
+        for _ in 0..RANDOM_PROBES {
+            let Some(range) =
+                ranges.get((self.next_random() % ranges.len().max(1) as u64) as usize)
+            else {
+                break;
+            };
+            let offset = (self.next_random() % u64::from(range.len())) as u32;
+            // offset < len <= 65536, so the sum stays within u16.
+            let port = (u32::from(range.first) + offset) as u16;
+            if allowed(self, port) && free(self, port) {
+                return Ok(port);
+            }
+        }
+        // Then the exhaustive scan, which also tells "all taken" from "none allowed".
         let mut any_allowed = false;
         for range in ranges {
             let len = range.len();

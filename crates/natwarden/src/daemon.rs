@@ -14,7 +14,7 @@ use natwarden_core::{
 use natwarden_firewall::rtnl::{self, AddressMonitor};
 use natwarden_firewall::Backend;
 use natwarden_wire::{natpmp, pcp};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{self, Settings};
 use crate::control::{self, ControlServer};
@@ -344,9 +344,7 @@ impl Daemon {
                     .context("rewriting the state file after a failed change")?;
                 return Ok(false);
             }
-            for c in &self.changes {
-                log_change(c);
-            }
+            log_changes(&self.changes, self.gateway.mapping_count());
             self.changes.clear();
         }
         let events: Vec<StateEvent> = self.gateway.drain_events().collect();
@@ -621,29 +619,66 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
     Ok(unsafe { (*gr).gr_gid })
 }
 
-fn log_change(c: &FirewallChange) {
+/// Each change at `info` while batches are small (what an admin wants to read); under
+/// load, one summary line per batch at `info` and the changes at `debug`, so logging
+/// does not become the gateway's main cost. The status view lists every mapping.
+fn log_changes(changes: &[FirewallChange], total: usize) {
+    const DETAIL_UP_TO: usize = 8;
+    let detailed = changes.len() <= DETAIL_UP_TO;
+    if detailed || tracing::enabled!(tracing::Level::DEBUG) {
+        for c in changes {
+            let d = describe(c);
+            if detailed {
+                info!("{d}");
+            } else {
+                debug!("{d}");
+            }
+        }
+    }
+    if !detailed {
+        let added = changes
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    FirewallChange::Add(_)
+                        | FirewallChange::AddOutbound(_)
+                        | FirewallChange::AddPinhole(_)
+                )
+            })
+            .count();
+        info!(
+            added,
+            removed = changes.len() - added,
+            mappings = total,
+            "firewall updated"
+        );
+    }
+}
+
+fn describe(c: &FirewallChange) -> String {
     match c {
-        FirewallChange::Add(f) => info!(
+        FirewallChange::Add(f) => format!(
             "mapped {} external port {} -> {}",
             f.protocol, f.external_port, f.internal
         ),
-        FirewallChange::Remove(f) => info!(
+        FirewallChange::Remove(f) => format!(
             "unmapped {} external port {} -> {}",
             f.protocol, f.external_port, f.internal
         ),
-        FirewallChange::AddOutbound(o) => info!(
+        FirewallChange::AddOutbound(o) => format!(
             "pinned outbound {} {} -> source port {}",
             o.protocol, o.internal, o.external_port
         ),
-        FirewallChange::RemoveOutbound(o) => info!(
+        FirewallChange::RemoveOutbound(o) => format!(
             "unpinned outbound {} {} -> source port {}",
             o.protocol, o.internal, o.external_port
         ),
         FirewallChange::AddPinhole(p) => {
-            info!("opened pinhole {} [{}]:{}", p.protocol, p.address, p.port)
+            format!("opened pinhole {} [{}]:{}", p.protocol, p.address, p.port)
         }
         FirewallChange::RemovePinhole(p) => {
-            info!("closed pinhole {} [{}]:{}", p.protocol, p.address, p.port)
+            format!("closed pinhole {} [{}]:{}", p.protocol, p.address, p.port)
         }
     }
 }

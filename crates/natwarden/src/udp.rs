@@ -10,6 +10,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use natwarden_core::Ingress;
 
+const RECEIVE_BUFFER: libc::c_int = 1 << 20;
+
 pub struct PktinfoSocket {
     fd: OwnedFd,
     v6: bool,
@@ -112,6 +114,11 @@ impl PktinfoSocket {
             setsockopt_int(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, 0)?;
             SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
         };
+        // A burst (every host of a LAN re-mapping after an epoch reset) must queue,
+        // not overflow the default ~208 KiB: room for about 4,000 requests. FORCE passes
+        // rmem_max with CAP_NET_ADMIN, which the daemon has at start-up.
+        setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            .or_else(|_| setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, RECEIVE_BUFFER))?;
         let (sa, len) = sockaddr(local);
         // SAFETY: `sa` holds a valid sockaddr of the length passed.
         check(unsafe { libc::bind(raw, (&sa as *const SockAddr).cast(), len) })?;

@@ -407,15 +407,7 @@ impl Gateway {
         let Some(iface) = self.policy.internal.iter().find(|i| i.index == interface) else {
             return false;
         };
-        let in_subnet = iface.subnet_contains(client)
-            || match client {
-                IpAddr::V4(a) => self
-                    .policy
-                    .extra_client_ranges
-                    .iter()
-                    .any(|r| r.contains(a)),
-                IpAddr::V6(_) => false,
-            };
+        let in_subnet = iface.subnet_contains(client) || self.in_extra_range(client);
         let is_gateway = self.policy.internal.iter().any(|i| i.owns(client))
             || Some(client) == self.external_address.map(IpAddr::V4);
         let special = match client {
@@ -434,6 +426,18 @@ impl Gateway {
             && !client.is_unspecified()
             && !client.is_loopback()
             && !client.is_multicast()
+    }
+
+    /// Whether `client` lies in a configured extra client range (IPv4 only).
+    fn in_extra_range(&self, client: IpAddr) -> bool {
+        match client {
+            IpAddr::V4(a) => self
+                .policy
+                .extra_client_ranges
+                .iter()
+                .any(|r| r.contains(a)),
+            IpAddr::V6(_) => false,
+        }
     }
 
     /// Creates or renews a mapping (protocol-neutral part of RFC 6886 section 3.3 and
@@ -789,17 +793,9 @@ impl Gateway {
             .iter()
             .find(|i| i.subnet_contains(key.client))
             .map(|i| i.index);
-        let extra = match key.client {
-            IpAddr::V4(a) => self
-                .policy
-                .extra_client_ranges
-                .iter()
-                .any(|r| r.contains(a)),
-            IpAddr::V6(_) => false,
-        };
         let ok = match home {
             Some(index) => self.host_allowed(index, key.client),
-            None => extra,
+            None => self.in_extra_range(key.client),
         };
         if !ok {
             return Err(RestoreError::ClientNotAllowed);
@@ -868,14 +864,7 @@ impl Gateway {
                     .internal
                     .iter()
                     .any(|i| i.subnet_contains(k.client))
-                    || match k.client {
-                        IpAddr::V4(a) => self
-                            .policy
-                            .extra_client_ranges
-                            .iter()
-                            .any(|r| r.contains(a)),
-                        IpAddr::V6(_) => false,
-                    };
+                    || self.in_extra_range(k.client);
                 !in_lan
                     || (m.inbound
                         && !self

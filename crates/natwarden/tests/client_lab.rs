@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -314,14 +313,10 @@ struct NatPmpOnly {
 
 impl NatPmpOnly {
     fn start(lab: &Lab, pcp: PcpAnswer) -> NatPmpOnly {
-        let ns = std::fs::File::open(format!("/run/netns/{}", lab.ns(Host::Gw))).expect("netns");
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns");
+        let thread = lab.spawn_in(Host::Gw, move || {
             let sock = UdpSocket::bind((GW_LAN, 5351)).expect("bind 5351");
             sock.set_read_timeout(Some(Duration::from_millis(50)))
                 .expect("timeout");

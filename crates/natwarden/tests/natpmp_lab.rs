@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -368,12 +367,8 @@ fn lan_listener_receives_the_start_up_announcements() {
         return;
     }
     let lab = Lab::up();
-    // A socket in the LAN namespace: setns on a helper thread, which then binds.
-    let ns = std::fs::File::open(format!("/run/netns/{}", lab.ns(Host::Lan))).expect("netns file");
-    let listener = std::thread::spawn(move || {
-        // SAFETY: setns on this thread only, with a valid namespace fd.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns");
+    // A socket in the LAN namespace.
+    let listener = lab.spawn_in(Host::Lan, move || {
         let sock = UdpSocket::bind("0.0.0.0:5350").expect("bind 5350");
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .expect("timeout");

@@ -5,24 +5,18 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 /// Runs `f` on a thread inside the LAN host's network namespace.
+/// Runs `f` on a thread inside the LAN host's network namespace.
 fn in_lan<T: Send + 'static>(
     lab: &Lab,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
-    let ns = std::fs::File::open(format!("/run/netns/{}", lab.ns(Host::Lan))).expect("netns file");
-    std::thread::spawn(move || {
-        // SAFETY: setns on this thread only, with a valid namespace fd.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns");
-        f()
-    })
+    lab.spawn_in(Host::Lan, f)
 }
 
 fn map_request(port: u16, lifetime: u32) -> [u8; 12] {

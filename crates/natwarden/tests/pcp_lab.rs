@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::*;
@@ -20,16 +19,9 @@ const GW_WAN6: &str = "2001:db8:100::7";
 /// Sends one PCP request from `bind` inside `host`'s namespace to `to` and returns the
 /// answer, or None after 2 s of silence (three tries).
 fn exchange(lab: &Lab, host: Host, bind: &str, to: &str, req: Request) -> Option<Response> {
-    let ns = std::fs::File::open(format!("/run/netns/{}", lab.ns(host))).expect("netns file");
     let bind: IpAddr = bind.parse().expect("bind address");
     let to = SocketAddr::new(to.parse().expect("gateway address"), pcp::SERVER_PORT);
-    std::thread::spawn(move || {
-        // SAFETY: setns on this thread only, with a valid namespace fd.
-        assert_eq!(
-            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns"
-        );
+    lab.spawn_in(host, move || {
         let sock = UdpSocket::bind(SocketAddr::new(bind, 0)).expect("bind");
         sock.set_read_timeout(Some(Duration::from_millis(700)))
             .expect("timeout");

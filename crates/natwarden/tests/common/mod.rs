@@ -49,15 +49,22 @@ pub enum Host {
 
 impl Lab {
     pub fn up() -> Lab {
+        Lab::up_with(None)
+    }
+
+    /// A lab whose WAN link is `wan_net`.0/24 (gateway .7, WAN host .100) when given.
+    fn up_with(wan_net: Option<&str>) -> Lab {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("nw{}x{n}", std::process::id());
         let dir = std::env::temp_dir().join(format!("natwarden-{prefix}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("creating the lab's temp dir");
-        let st = Command::new("bash")
-            .args([NETNS_SH, "up", &prefix])
-            .status()
-            .expect("running lab/netns.sh");
+        let mut cmd = Command::new("bash");
+        cmd.args([NETNS_SH, "up", &prefix]);
+        if let Some(net) = wan_net {
+            cmd.env("LAB_WAN_NET", net);
+        }
+        let st = cmd.status().expect("running lab/netns.sh");
         assert!(st.success(), "lab/netns.sh up failed");
         Lab { prefix, dir }
     }
@@ -75,6 +82,23 @@ impl Lab {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(host)]).args(args);
         c
+    }
+
+    /// Runs `f` on a new thread inside `host`'s network namespace (setns on that thread
+    /// only; sockets it opens live in the namespace).
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        host: Host,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        use std::os::fd::AsRawFd;
+        let ns = fs::File::open(format!("/run/netns/{}", self.ns(host))).expect("netns file");
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns");
+            f()
+        })
     }
 
     /// Runs to completion, bounded by `timeout` seconds (coreutils `timeout`).
@@ -327,18 +351,7 @@ pub const PUBLIC_GW_WAN: &str = "45.45.45.7";
 impl Lab {
     /// As [`Lab::up`], with the WAN link in [`PUBLIC_WAN_NET`].0/24 (gateway .7, WAN host .100).
     pub fn up_public_wan() -> Lab {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("nw{}x{n}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("natwarden-{prefix}"));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("creating the lab's temp dir");
-        let st = Command::new("bash")
-            .args([NETNS_SH, "up", &prefix])
-            .env("LAB_WAN_NET", PUBLIC_WAN_NET)
-            .status()
-            .expect("running lab/netns.sh");
-        assert!(st.success(), "lab/netns.sh up failed");
-        Lab { prefix, dir }
+        Lab::up_with(Some(PUBLIC_WAN_NET))
     }
 
     /// miniupnpd serving NAT-PMP and PCP in the gateway (lab/miniupnpd.sh), stopped on drop.

@@ -137,65 +137,11 @@ start_natwarden() { # PREFIX DIR -> pid on stdout
   die "natwarden did not start"
 }
 
-# As lab/miniupnpd.sh (copied, since that script may still change): its own nftables
+# lab/miniupnpd.sh with the config's usual 120 s minimum lifetime: its own nftables
 # tables, NAT-PMP/PCP on br-lan only, no UPnP IGD, secure mode, the same permission
-# rule natwarden's config has.
+# rule natwarden's config has. Prints the pid.
 start_miniupnpd() { # PREFIX DIR -> pid on stdout
-  local p=$1 dir=$2
-  ip netns exec "$p-gw" nft -f - <<'NFT'
-table inet miniupnpd {
-  chain forward {
-    type filter hook forward priority filter; policy accept;
-    jump miniupnpd
-  }
-  chain miniupnpd {
-  }
-}
-table inet miniupnpd_nat {
-  chain prerouting {
-    type nat hook prerouting priority dstnat; policy accept;
-    jump prerouting_miniupnpd
-  }
-  chain postrouting {
-    type nat hook postrouting priority srcnat; policy accept;
-    jump postrouting_miniupnpd
-  }
-  chain prerouting_miniupnpd {
-  }
-  chain postrouting_miniupnpd {
-  }
-}
-NFT
-  cat >"$dir/miniupnpd.conf" <<EOF
-ext_ifname=eth0
-listening_ip=br-lan
-enable_upnp=no
-enable_natpmp=yes
-secure_mode=yes
-system_uptime=no
-lease_file=$dir/miniupnpd.leases
-min_lifetime=120
-max_lifetime=86400
-upnp_table_name=miniupnpd
-upnp_nat_table_name=miniupnpd_nat
-upnp_forward_chain=miniupnpd
-upnp_nat_chain=prerouting_miniupnpd
-upnp_nat_postrouting_chain=postrouting_miniupnpd
-uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b
-allow 1024-65535 192.168.1.0/24 1024-65535
-deny 0-65535 0.0.0.0/0 0-65535
-EOF
-  # Without -d it forks into the background (and logs at its normal level).
-  ip netns exec "$p-gw" timeout 10 "$miniupnpd_bin" -f "$dir/miniupnpd.conf" -P "$dir/miniupnpd.pid"
-  for _ in $(seq 1 50); do
-    if [ -s "$dir/miniupnpd.pid" ] && kill -0 "$(cat "$dir/miniupnpd.pid")" 2>/dev/null &&
-      ip netns exec "$p-gw" ss -Hlun 'sport = :5351' | grep -q .; then
-      cat "$dir/miniupnpd.pid"
-      return 0
-    fi
-    sleep 0.1
-  done
-  die "miniupnpd did not start"
+  MINIUPNPD_MIN_LIFETIME=120 bash "$repo/lab/miniupnpd.sh" start "$1" "$2" || die "miniupnpd did not start"
 }
 
 # mem_json PID: resident memory as {"rss_kb","anon_kb","pss_kb"}. VmRSS counts every

@@ -8,6 +8,7 @@
 #        (NAT-PMP and PCP on br-lan only, no UPnP IGD), starts miniupnpd, which daemonizes,
 #        and prints its pid (also in DIR/miniupnpd.pid).
 # stop:  SIGTERM to the pid in DIR/miniupnpd.pid, then SIGKILL if it lingers (bounded).
+# MINIUPNPD_MIN_LIFETIME sets min_lifetime (default 1 s, so tests can use short leases).
 # Usage: lab/miniupnpd.sh start|stop PREFIX DIR
 set -euo pipefail
 
@@ -52,7 +53,7 @@ enable_natpmp=yes
 secure_mode=yes
 system_uptime=no
 lease_file=$dir/miniupnpd.leases
-min_lifetime=1
+min_lifetime=${MINIUPNPD_MIN_LIFETIME:-1}
 max_lifetime=86400
 upnp_table_name=miniupnpd
 upnp_nat_table_name=miniupnpd_nat

@@ -2,9 +2,9 @@
 //! Owns the byte layouts of RFC 6886 sections 3.2-3.5; what to answer is the server core's call.
 
 use core::fmt;
-use core::ops::Range;
 use std::net::Ipv4Addr;
 
+use crate::bytes::{read_array, read_u16, read_u32, write_u16, write_u32};
 use crate::Protocol;
 
 /// The NAT-PMP protocol version; PCP (RFC 6887) uses 2 on the same port (RFC 6886 section 1.1).
@@ -544,28 +544,6 @@ fn exact<const N: usize>(buf: &[u8]) -> Result<&[u8; N], ParseError> {
             }
         }
     })
-}
-
-fn read_array<const N: usize>(bytes: &[u8], at: Range<usize>) -> [u8; N] {
-    let mut out = [0; N];
-    out.copy_from_slice(&bytes[at]);
-    out
-}
-
-fn read_u16(bytes: &[u8], at: Range<usize>) -> u16 {
-    u16::from_be_bytes(read_array(bytes, at))
-}
-
-fn read_u32(bytes: &[u8], at: Range<usize>) -> u32 {
-    u32::from_be_bytes(read_array(bytes, at))
-}
-
-fn write_u16(out: &mut [u8], at: Range<usize>, value: u16) {
-    out[at].copy_from_slice(&value.to_be_bytes());
-}
-
-fn write_u32(out: &mut [u8], at: Range<usize>, value: u32) {
-    out[at].copy_from_slice(&value.to_be_bytes());
 }
 
 #[cfg(test)]

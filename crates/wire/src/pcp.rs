@@ -2,9 +2,10 @@
 //! Owns the byte layouts of RFC 6887 sections 7, 11-13 and 14.1; what to answer is the core's call.
 
 use core::fmt;
-use core::ops::{Deref, Range};
+use core::ops::Deref;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::bytes::{read_array, read_u16, read_u32, write_u16, write_u32};
 use crate::Protocol;
 
 /// The PCP protocol version (RFC 6887 section 7.1). NAT-PMP (RFC 6886) uses 0 on the same port
@@ -1242,28 +1243,6 @@ fn emit_option(out: &mut [u8], code: u8, data: &[u8]) -> usize {
 /// `len` rounded up to a multiple of 4 (section 7.3's option padding).
 const fn padded_len(len: usize) -> usize {
     (len + 3) & !3
-}
-
-fn read_array<const N: usize>(bytes: &[u8], at: Range<usize>) -> [u8; N] {
-    let mut out = [0; N];
-    out.copy_from_slice(&bytes[at]);
-    out
-}
-
-fn read_u16(bytes: &[u8], at: Range<usize>) -> u16 {
-    u16::from_be_bytes(read_array(bytes, at))
-}
-
-fn read_u32(bytes: &[u8], at: Range<usize>) -> u32 {
-    u32::from_be_bytes(read_array(bytes, at))
-}
-
-fn write_u16(out: &mut [u8], at: Range<usize>, value: u16) {
-    out[at].copy_from_slice(&value.to_be_bytes());
-}
-
-fn write_u32(out: &mut [u8], at: Range<usize>, value: u32) {
-    out[at].copy_from_slice(&value.to_be_bytes());
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 # namespace end-to-end tests, which need root). Run as root from the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash lab/setup.sh
+bash lab/setup.sh --tests
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -100,7 +100,7 @@ pub struct Daemon {
     socket6: Option<PktinfoSocket>,
     signals: Signals,
     control: ControlServer,
-    monitor: Option<AddressMonitor>,
+    monitor: AddressMonitor,
     journal: Journal,
     epoch_start_ms: u64,
     changes: Vec<FirewallChange>,
@@ -120,13 +120,16 @@ impl Daemon {
         let signals = Signals::new().context("setting up signal handling")?;
         let socket = PktinfoSocket::bind(natpmp::SERVER_PORT, false)
             .with_context(|| format!("binding UDP port {}", natpmp::SERVER_PORT))?;
-        let dual_stack =
-            settings.policy.pcp && settings.policy.internal.iter().any(|i| !i.nets6.is_empty());
-        let socket6 = if dual_stack {
-            Some(
-                PktinfoSocket::bind(pcp::SERVER_PORT, true)
-                    .with_context(|| format!("binding UDP port {} on IPv6", pcp::SERVER_PORT))?,
-            )
+        // PCP over IPv6 whenever PCP is on: a LAN may get its IPv6 prefix after start-up
+        // (the addresses are followed). A kernel without IPv6 just means IPv4 only.
+        let socket6 = if settings.policy.pcp {
+            match PktinfoSocket::bind(pcp::SERVER_PORT, true) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    warn!("no IPv6 socket ({e}): PCP is served over IPv4 only");
+                    None
+                }
+            }
         } else {
             None
         };
@@ -141,11 +144,9 @@ impl Daemon {
                 settings.control_socket.display()
             )
         })?;
-        let monitor = if settings.follow_external_address {
-            Some(AddressMonitor::open().context("following the external address over rtnetlink")?)
-        } else {
-            None
-        };
+        // Addresses are followed: the external one (unless the config fixes it) and the
+        // internal interfaces' IPv6 prefixes.
+        let monitor = AddressMonitor::open().context("following addresses over rtnetlink")?;
 
         let clock = Clock::now();
         let mut gateway = Gateway::new(
@@ -217,7 +218,6 @@ impl Daemon {
                 .gateway
                 .poll_timeout()
                 .map(|t| t.saturating_duration_since(now));
-            let monitor_fd = self.monitor.as_ref().map_or(-1, |m| m.raw_fd());
             let sock6_fd = self.socket6.as_ref().map_or(-1, |s| s.raw_fd());
             let [sock, sock6, sig, ctl, mon] = poll_readable(
                 [
@@ -225,7 +225,7 @@ impl Daemon {
                     sock6_fd,
                     self.signals.raw_fd(),
                     self.control.raw_fd(),
-                    monitor_fd,
+                    self.monitor.raw_fd(),
                 ],
                 timeout,
             )
@@ -241,8 +241,8 @@ impl Daemon {
                     }
                 }
             }
-            if mon && self.monitor.as_ref().is_some_and(|m| m.drain()) {
-                self.follow_external_address()?;
+            if mon && self.monitor.drain() {
+                self.follow_addresses()?;
             }
             if ctl {
                 self.serve_control()?;
@@ -435,6 +435,37 @@ impl Daemon {
     /// changed. A new address starts a new epoch and announcements; no address means
     /// "network failure" answers until one returns. The forwards need no change: the
     /// DNAT map is keyed by port on the external interface, whatever its address.
+    fn follow_addresses(&mut self) -> anyhow::Result<()> {
+        if self.settings.follow_external_address {
+            self.follow_external_address()?;
+        }
+        self.follow_internal_ipv6()
+    }
+
+    /// Re-reads the internal interfaces' IPv6 addresses: a prefix that appears is
+    /// served (PCP pinholes), one that goes closes the pinholes that lay in it.
+    fn follow_internal_ipv6(&mut self) -> anyhow::Result<()> {
+        let addrs6 = rtnl::ipv6_addresses().context("reading IPv6 addresses")?;
+        let mut policy = self.settings.policy.clone();
+        for iface in &mut policy.internal {
+            iface.nets6 = addrs6
+                .iter()
+                .filter(|a| a.index == iface.index)
+                .filter_map(|a| natwarden_core::Ipv6Net::new(a.address, a.prefix_len))
+                .collect();
+        }
+        if policy != self.settings.policy {
+            info!(
+                internal = ?policy.internal.iter().map(|i| format!("{} {:?}", i.name, i.nets6.iter().map(|n| n.to_string()).collect::<Vec<_>>())).collect::<Vec<_>>(),
+                "internal IPv6 addresses changed"
+            );
+            self.gateway.set_policy(policy.clone(), &mut self.changes);
+            self.settings.policy = policy;
+            self.commit()?;
+        }
+        Ok(())
+    }
+
     fn follow_external_address(&mut self) -> anyhow::Result<()> {
         let index = self.settings.policy.external_index;
         let addrs = rtnl::ipv4_addresses().context("reading interface addresses")?;

@@ -290,3 +290,43 @@ fn natpmp_and_pcp_see_and_renew_the_same_mappings() {
         .collect();
     assert_eq!(origins.len(), 2);
 }
+
+#[test]
+fn an_ipv6_prefix_that_appears_after_start_is_served_and_its_pinholes_close_when_it_goes() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up();
+    let del = ["ip", "addr", "del", "2001:db8:1::1/64", "dev", "br-lan"];
+    assert!(lab.run(Host::Gw, 5, &del).status.success());
+    let v6_rule = "[[rule]]\naction = \"allow\"\nexternal_ports = \"1024-65535\"\ninternal_addresses = \"2001:db8:1::/64\"\ninternal_ports = \"1024-65535\"\n\n[firewall]";
+    let d = lab.start(&lab.config("gw.toml", &[("[firewall]", v6_rule)]));
+    let client: IpAddr = LAN_HOST6.parse().expect("v6");
+    let add = [
+        "ip",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "br-lan",
+        "nodad",
+    ];
+    assert!(lab.run(Host::Gw, 5, &add).status.success());
+    d.wait_for_log("internal IPv6 addresses changed", Duration::from_secs(5));
+    let r = exchange(
+        &lab,
+        Host::Lan,
+        LAN_HOST6,
+        GW_LAN6,
+        map(client, 6, 8080, 600),
+    )
+    .expect("answered once the prefix is there");
+    assert_eq!(r.result, ResultCode::SUCCESS, "{r:?}");
+    assert_eq!(lab.elements("pinhole6").len(), 1);
+    // The prefix goes: the pinholes in it close at once.
+    assert!(lab.run(Host::Gw, 5, &del).status.success());
+    assert!(
+        lab.eventually(5, || lab.elements("pinhole6").is_empty()),
+        "a pinhole outlived its prefix"
+    );
+}

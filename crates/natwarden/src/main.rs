@@ -25,7 +25,7 @@ use crate::config::BackendKind;
 #[command(
     name = "natwarden",
     version,
-    about = "NAT-PMP port-mapping gateway that the WAN side cannot touch"
+    about = "NAT-PMP and PCP port mapping: a gateway the WAN side cannot touch, and its client"
 )]
 struct Cli {
     #[command(subcommand)]

@@ -1308,3 +1308,46 @@ mod pcp_tests {
         );
     }
 }
+
+proptest! {
+    /// Any bytes, from anywhere: the core never panics, never answers or changes the
+    /// firewall for the WAN side, keeps replies within MAX_REPLY, and every forward it
+    /// opens points at the datagram's own source.
+    #[test]
+    fn arbitrary_datagrams_never_panic_and_never_open_anything_for_the_wan(
+        bytes in prop::collection::vec(any::<u8>(), 0..1200),
+        from_wan in any::<bool>(),
+        host in 2u8..250,
+        pcp_bias in any::<bool>(),
+    ) {
+        let mut bytes = bytes;
+        // Steer half the cases into the protocols' parsers rather than version errors.
+        if let (Some(first), true) = (bytes.first_mut(), pcp_bias) {
+            *first = if host % 2 == 0 { 0 } else { 2 };
+        }
+        let mut h = Harness::new(policy());
+        let client = Ipv4Addr::new(192, 168, 1, host);
+        let ingress = if from_wan {
+            Ingress { interface: WAN_IF, source: sa(client, 5351), destination: EXT.into() }
+        } else {
+            lan(client)
+        };
+        let mut changes = Vec::new();
+        let mut reply = [0u8; MAX_REPLY];
+        let v = h.gw.handle(h.now, &ingress, &bytes, &mut reply, &mut changes);
+        if from_wan {
+            prop_assert_eq!(v, Verdict::Drop(DropReason::ExternalInterface));
+            prop_assert!(changes.is_empty());
+        }
+        if let Verdict::Reply(n) = v {
+            prop_assert!(n <= MAX_REPLY && n > 0);
+        }
+        for c in changes {
+            match c {
+                FirewallChange::Add(f) => prop_assert_eq!(*f.internal.ip(), client),
+                FirewallChange::AddOutbound(o) => prop_assert_eq!(*o.internal.ip(), client),
+                other => prop_assert!(false, "unexpected change {:?}", other),
+            }
+        }
+    }
+}

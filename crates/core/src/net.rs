@@ -1,5 +1,5 @@
-//! IPv4 prefixes (address/length) as used by interfaces, permission rules and checks.
-//! Parsing accepts "a.b.c.d/len" and a bare address (a /32).
+//! IP prefixes (address/length) as used by interfaces, permission rules and checks.
+//! Parsing accepts "ADDR/LEN" and a bare address (a host prefix).
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -15,10 +15,38 @@ pub struct Ipv4Net {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetParseError {
-    #[error("`{0}` is not an IPv4 address")]
-    BadAddress(String),
-    #[error("prefix length `{0}` is not a number from 0 to 32")]
-    BadPrefix(String),
+    #[error("`{text}` is not an {family} address")]
+    BadAddress { text: String, family: &'static str },
+    #[error("prefix length `{text}` is not a number from 0 to {max}")]
+    BadPrefix { text: String, max: u8 },
+}
+
+/// "ADDR/LEN" or a bare "ADDR" (a host prefix of `max` bits), for either family.
+fn parse_prefix<A: FromStr>(
+    s: &str,
+    family: &'static str,
+    max: u8,
+) -> Result<(A, u8), NetParseError> {
+    let s = s.trim();
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr = addr.parse::<A>().map_err(|_| NetParseError::BadAddress {
+        text: addr.to_string(),
+        family,
+    })?;
+    let prefix_len =
+        match len {
+            None => max,
+            Some(l) => l.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(|| {
+                NetParseError::BadPrefix {
+                    text: l.to_string(),
+                    max,
+                }
+            })?,
+        };
+    Ok((addr, prefix_len))
 }
 
 impl Ipv4Net {
@@ -76,22 +104,7 @@ impl FromStr for Ipv4Net {
     type Err = NetParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s, None),
-        };
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| NetParseError::BadAddress(addr.to_string()))?;
-        let prefix_len = match len {
-            None => 32,
-            Some(l) => l
-                .parse::<u8>()
-                .ok()
-                .filter(|&n| n <= 32)
-                .ok_or_else(|| NetParseError::BadPrefix(l.to_string()))?,
-        };
+        let (addr, prefix_len) = parse_prefix(s, "IPv4", 32)?;
         Ok(Ipv4Net { addr, prefix_len })
     }
 }
@@ -133,11 +146,17 @@ mod tests {
     fn bad_inputs_are_named() {
         assert_eq!(
             "10.0.0.0/33".parse::<Ipv4Net>(),
-            Err(NetParseError::BadPrefix("33".into()))
+            Err(NetParseError::BadPrefix {
+                text: "33".into(),
+                max: 32
+            })
         );
         assert_eq!(
             "10.0.0/8".parse::<Ipv4Net>(),
-            Err(NetParseError::BadAddress("10.0.0".into()))
+            Err(NetParseError::BadAddress {
+                text: "10.0.0".into(),
+                family: "IPv4"
+            })
         );
     }
 }
@@ -241,27 +260,9 @@ impl FromStr for IpNet {
     type Err = NetParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s, None),
-        };
-        if addr.contains(':') {
-            let a: std::net::Ipv6Addr = addr
-                .parse()
-                .map_err(|_| NetParseError::BadAddress(addr.to_string()))?;
-            let prefix_len = match len {
-                None => 128,
-                Some(l) => l
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|&n| n <= 128)
-                    .ok_or_else(|| NetParseError::BadPrefix(l.to_string()))?,
-            };
-            Ok(IpNet::V6(Ipv6Net {
-                addr: a,
-                prefix_len,
-            }))
+        if s.contains(':') {
+            let (addr, prefix_len) = parse_prefix(s, "IPv6", 128)?;
+            Ok(IpNet::V6(Ipv6Net { addr, prefix_len }))
         } else {
             s.parse::<Ipv4Net>().map(IpNet::V4)
         }
@@ -286,7 +287,17 @@ mod tests6 {
         assert!(Ipv6Net::new("fe80::1".parse().expect("a"), 64)
             .expect("net")
             .is_link_local());
-        assert!("2001:db8::/129".parse::<IpNet>().is_err());
+        assert_eq!(
+            "2001:db8::/129".parse::<IpNet>(),
+            Err(NetParseError::BadPrefix {
+                text: "129".into(),
+                max: 128
+            })
+        );
+        assert_eq!(
+            "2001:db8::/129".parse::<IpNet>().map_err(|e| e.to_string()),
+            Err("prefix length `129` is not a number from 0 to 128".into())
+        );
         assert_eq!(
             "10.0.0.0/8".parse::<IpNet>(),
             Ok(IpNet::V4("10.0.0.0/8".parse().expect("v4")))

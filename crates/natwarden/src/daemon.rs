@@ -259,15 +259,16 @@ impl Daemon {
         // family from starving the other.
         let mut ready = [v4, v6 && self.socket6.is_some()];
         let mut turn = 1;
+        let mut scratch = [0u8; MAX_REPLY];
         for _ in 0..BATCH {
             if ready[1 - turn] {
                 turn = 1 - turn;
             } else if !ready[turn] {
                 break;
             }
-            let socket = match (turn, &self.socket6) {
-                (1, Some(s)) => s,
-                _ => &self.socket,
+            let Some(socket) = self.socket_for(turn == 1) else {
+                ready[turn] = false;
+                continue;
             };
             let Some(rx) = socket.recv(buf).context("receiving")? else {
                 ready[turn] = false;
@@ -278,24 +279,21 @@ impl Daemon {
                 self.drops.record(now, DropReason::Malformed, rx.source, 0);
                 continue;
             };
-            let mut reply = Reply {
-                to: ingress.source,
-                from: ingress.destination,
-                interface: ingress.interface,
-                len: 0,
-                bytes: [0; MAX_REPLY],
-            };
             match self.gateway.handle(
                 now,
                 &ingress,
                 &buf[..rx.len],
-                &mut reply.bytes,
+                &mut scratch,
                 &mut self.changes,
             ) {
-                Verdict::Reply(n) => {
-                    reply.len = n;
-                    self.replies.push(reply);
-                }
+                // Only an answered datagram costs a reply slot; drops (a flood) do not.
+                Verdict::Reply(n) => self.replies.push(Reply {
+                    to: ingress.source,
+                    from: ingress.destination,
+                    interface: ingress.interface,
+                    len: n,
+                    bytes: scratch,
+                }),
                 Verdict::Drop(reason) => {
                     self.drops
                         .record(now, reason, ingress.source, ingress.interface)
@@ -304,20 +302,28 @@ impl Daemon {
         }
         // Replies go out only after the kernel holds, and the disk records, what they
         // acknowledge.
-        let committed = self.commit()?;
-        for r in self.replies.drain(..) {
-            if !committed {
-                continue;
-            }
-            let socket = match (r.to, &self.socket6) {
-                (SocketAddr::V6(_), Some(s)) => s,
-                _ => &self.socket,
-            };
-            if let Err(e) = socket.send(&r.bytes[..r.len], r.to, r.from, r.interface) {
-                warn!(to = %r.to, "sending reply failed: {e}");
+        if self.commit()? {
+            for r in &self.replies {
+                // A reply goes out by the socket its request came in on.
+                let Some(socket) = self.socket_for(r.to.is_ipv6()) else {
+                    continue;
+                };
+                if let Err(e) = socket.send(&r.bytes[..r.len], r.to, r.from, r.interface) {
+                    warn!(to = %r.to, "sending reply failed: {e}");
+                }
             }
         }
+        self.replies.clear();
         Ok(())
+    }
+
+    /// The socket of a family; IPv6 only when one is open.
+    fn socket_for(&self, v6: bool) -> Option<&PktinfoSocket> {
+        if v6 {
+            self.socket6.as_ref()
+        } else {
+            Some(&self.socket)
+        }
     }
 
     /// Applies pending firewall changes in one batch, then journals the table changes
@@ -417,7 +423,7 @@ impl Daemon {
                             .iter()
                             .find(|n| n.is_link_local())
                             .or(iface.nets6.first());
-                        let (Some(s), Some(from)) = (&self.socket6, from) else {
+                        let (Some(s), Some(from)) = (self.socket_for(true), from) else {
                             continue;
                         };
                         let to = SocketAddr::from((pcp::ANNOUNCE_ADDR_V6, pcp::CLIENT_PORT));

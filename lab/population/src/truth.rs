@@ -1,0 +1,181 @@
+//! What the auditor should find: the ground-truth line of each answering address, from the
+//! behaviour table alone (written apart from the auditor), and the leftover-mappings lines.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::mix::Behaviour;
+use crate::population::{private_v4, protocol_name, Mapping, MappingKey, Population};
+
+pub const INFORMATION_DISCLOSURE: &str = "information-disclosure";
+pub const INTERNAL_TRAFFIC_INTERCEPTION: &str = "internal-traffic-interception";
+pub const EXTERNAL_TRAFFIC_INTERCEPTION: &str = "external-traffic-interception";
+pub const INTERNAL_SERVICE_ACCESS: &str = "internal-service-access";
+pub const HOST_SERVICE_DOS: &str = "host-service-dos";
+
+/// The findings of a probe that only asks (external address, ANNOUNCE) and of one that also
+/// maps (intrusive), in the fixed order of the constants above.
+pub fn findings(behaviour: Behaviour, v6: bool) -> (Vec<&'static str>, Vec<&'static str>) {
+    use Behaviour::*;
+    let disclosure = vec![INFORMATION_DISCLOSURE];
+    match behaviour {
+        Silent | Garbage => (vec![], vec![]),
+        Leak | PcpOnly | OtherSource => (disclosure.clone(), disclosure),
+        // IPv6: ANNOUNCE reveals no address; the MAP answer's ULA external address does.
+        Swapped if v6 => (
+            disclosure,
+            vec![
+                INFORMATION_DISCLOSURE,
+                INTERNAL_TRAFFIC_INTERCEPTION,
+                INTERNAL_SERVICE_ACCESS,
+                HOST_SERVICE_DOS,
+            ],
+        ),
+        Swapped => (
+            vec![INFORMATION_DISCLOSURE, INTERNAL_TRAFFIC_INTERCEPTION],
+            vec![
+                INFORMATION_DISCLOSURE,
+                INTERNAL_TRAFFIC_INTERCEPTION,
+                INTERNAL_SERVICE_ACCESS,
+                HOST_SERVICE_DOS,
+            ],
+        ),
+        // IPv6: only the MAP's NETWORK_FAILURE shows the swap.
+        SwappedNofail if v6 => (
+            disclosure,
+            vec![INFORMATION_DISCLOSURE, INTERNAL_TRAFFIC_INTERCEPTION],
+        ),
+        SwappedNofail => (
+            vec![INFORMATION_DISCLOSURE, INTERNAL_TRAFFIC_INTERCEPTION],
+            vec![INFORMATION_DISCLOSURE, INTERNAL_TRAFFIC_INTERCEPTION],
+        ),
+        Open => (
+            disclosure,
+            vec![
+                INFORMATION_DISCLOSURE,
+                EXTERNAL_TRAFFIC_INTERCEPTION,
+                INTERNAL_SERVICE_ACCESS,
+                HOST_SERVICE_DOS,
+            ],
+        ),
+        OpenReassign => (
+            disclosure,
+            vec![
+                INFORMATION_DISCLOSURE,
+                EXTERNAL_TRAFFIC_INTERCEPTION,
+                INTERNAL_SERVICE_ACCESS,
+            ],
+        ),
+    }
+}
+
+/// The truth line of `target`, `None` if it never answers validly.
+pub fn truth_line(population: &Population, target: IpAddr) -> Option<serde_json::Value> {
+    let behaviour = population.behaviour(target)?;
+    if !behaviour.answers_validly() {
+        return None;
+    }
+    let protocols: &[&str] = match (behaviour, target) {
+        (_, IpAddr::V6(_)) | (Behaviour::PcpOnly, _) => &["pcp"],
+        _ => &["nat-pmp", "pcp"],
+    };
+    // The address a NAT-PMP external-address request gets with result 0.
+    let external_address = match (behaviour, target) {
+        (_, IpAddr::V6(_)) | (Behaviour::PcpOnly | Behaviour::SwappedNofail, _) => None,
+        (Behaviour::Swapped, IpAddr::V4(v4)) => Some(IpAddr::V4(private_v4(v4))),
+        (_, IpAddr::V4(_)) => Some(target),
+    };
+    let reply_source =
+        (behaviour == Behaviour::OtherSource).then(|| population.sibling(target).to_string());
+    let (findings, intrusive) = findings(behaviour, target.is_ipv6());
+    Some(json!({
+        "target": target.to_string(),
+        "behaviour": behaviour.name(),
+        "protocols": protocols,
+        "external_address": external_address.map(|a| a.to_string()),
+        "reply_source": reply_source,
+        "findings": findings,
+        "findings_intrusive": intrusive,
+    }))
+}
+
+/// Writes the truth file: a line per answering address, IPv4 range then IPv6, ascending.
+pub fn write_truth(population: &Population, out: &mut impl Write) -> io::Result<()> {
+    for range in [population.v4, population.v6].into_iter().flatten() {
+        for target in range.iter() {
+            if let Some(line) = truth_line(population, target) {
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One leftover line: a mapping still live at `now`.
+pub fn leftover_line(key: &MappingKey, mapping: &Mapping, now: Duration) -> serde_json::Value {
+    json!({
+        "target": key.target.to_string(),
+        "protocol": protocol_name(key.protocol),
+        "internal_port": key.internal_port,
+        "external_port": mapping.external_port,
+        "client": key.client.to_string(),
+        "expires_in": mapping.expires.saturating_sub(now).as_secs(),
+    })
+}
+
+pub fn write_leftover(
+    population: &Population,
+    now: Duration,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    for (key, mapping) in population.live_mappings(now) {
+        writeln!(out, "{}", leftover_line(&key, &mapping, now))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORDER: [&str; 5] = [
+        INFORMATION_DISCLOSURE,
+        INTERNAL_TRAFFIC_INTERCEPTION,
+        EXTERNAL_TRAFFIC_INTERCEPTION,
+        INTERNAL_SERVICE_ACCESS,
+        HOST_SERVICE_DOS,
+    ];
+
+    #[test]
+    fn findings_are_in_the_fixed_order_and_intrusive_is_a_superset() {
+        for b in Behaviour::ALL {
+            for v6 in [false, true] {
+                let (plain, intrusive) = findings(b, v6);
+                for list in [&plain, &intrusive] {
+                    let idx: Vec<usize> = list
+                        .iter()
+                        .map(|f| ORDER.iter().position(|o| o == f).expect("known finding"))
+                        .collect();
+                    assert!(idx.windows(2).all(|w| w[0] < w[1]), "{b:?} {list:?}");
+                }
+                assert!(plain.iter().all(|f| intrusive.contains(f)), "{b:?}");
+                assert_eq!(plain.is_empty(), !b.answers_validly());
+            }
+        }
+    }
+
+    #[test]
+    fn v6_differs_only_for_the_swapped_kinds() {
+        for b in Behaviour::ALL {
+            let same = findings(b, false) == findings(b, true);
+            assert_eq!(
+                same,
+                !matches!(b, Behaviour::Swapped | Behaviour::SwappedNofail),
+                "{b:?}"
+            );
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use serde_json::json;
+use serde::Serialize;
 
 use crate::mix::Behaviour;
 use crate::population::{private_v4, protocol_name, Mapping, MappingKey, Population};
@@ -72,8 +72,33 @@ pub fn findings(behaviour: Behaviour, v6: bool) -> (Vec<&'static str>, Vec<&'sta
     }
 }
 
+/// One line of the truth file, fields in this order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TruthLine {
+    pub target: String,
+    pub behaviour: &'static str,
+    pub protocols: &'static [&'static str],
+    /// The address a NAT-PMP external-address request gets with result 0, if it gets one.
+    pub external_address: Option<String>,
+    /// Where the replies come from when that is not the target.
+    pub reply_source: Option<String>,
+    pub findings: Vec<&'static str>,
+    pub findings_intrusive: Vec<&'static str>,
+}
+
+/// One line of the leftover file: a mapping still live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeftoverLine {
+    pub target: String,
+    pub protocol: String,
+    pub internal_port: u16,
+    pub external_port: u16,
+    pub client: String,
+    pub expires_in: u64,
+}
+
 /// The truth line of `target`, `None` if it never answers validly.
-pub fn truth_line(population: &Population, target: IpAddr) -> Option<serde_json::Value> {
+pub fn truth_line(population: &Population, target: IpAddr) -> Option<TruthLine> {
     let behaviour = population.behaviour(target)?;
     if !behaviour.answers_validly() {
         return None;
@@ -91,15 +116,15 @@ pub fn truth_line(population: &Population, target: IpAddr) -> Option<serde_json:
     let reply_source =
         (behaviour == Behaviour::OtherSource).then(|| population.sibling(target).to_string());
     let (findings, intrusive) = findings(behaviour, target.is_ipv6());
-    Some(json!({
-        "target": target.to_string(),
-        "behaviour": behaviour.name(),
-        "protocols": protocols,
-        "external_address": external_address.map(|a| a.to_string()),
-        "reply_source": reply_source,
-        "findings": findings,
-        "findings_intrusive": intrusive,
-    }))
+    Some(TruthLine {
+        target: target.to_string(),
+        behaviour: behaviour.name(),
+        protocols,
+        external_address: external_address.map(|a| a.to_string()),
+        reply_source,
+        findings,
+        findings_intrusive: intrusive,
+    })
 }
 
 /// Writes the truth file: a line per answering address, IPv4 range then IPv6, ascending.
@@ -107,7 +132,8 @@ pub fn write_truth(population: &Population, out: &mut impl Write) -> io::Result<
     for range in [population.v4, population.v6].into_iter().flatten() {
         for target in range.iter() {
             if let Some(line) = truth_line(population, target) {
-                writeln!(out, "{line}")?;
+                serde_json::to_writer(&mut *out, &line)?;
+                out.write_all(b"\n")?;
             }
         }
     }
@@ -115,15 +141,15 @@ pub fn write_truth(population: &Population, out: &mut impl Write) -> io::Result<
 }
 
 /// One leftover line: a mapping still live at `now`.
-pub fn leftover_line(key: &MappingKey, mapping: &Mapping, now: Duration) -> serde_json::Value {
-    json!({
-        "target": key.target.to_string(),
-        "protocol": protocol_name(key.protocol),
-        "internal_port": key.internal_port,
-        "external_port": mapping.external_port,
-        "client": key.client.to_string(),
-        "expires_in": mapping.expires.saturating_sub(now).as_secs(),
-    })
+pub fn leftover_line(key: &MappingKey, mapping: &Mapping, now: Duration) -> LeftoverLine {
+    LeftoverLine {
+        target: key.target.to_string(),
+        protocol: protocol_name(key.protocol),
+        internal_port: key.internal_port,
+        external_port: mapping.external_port,
+        client: key.client.to_string(),
+        expires_in: mapping.expires.saturating_sub(now).as_secs(),
+    }
 }
 
 pub fn write_leftover(
@@ -132,7 +158,8 @@ pub fn write_leftover(
     out: &mut impl Write,
 ) -> io::Result<()> {
     for (key, mapping) in population.live_mappings(now) {
-        writeln!(out, "{}", leftover_line(&key, &mapping, now))?;
+        serde_json::to_writer(&mut *out, &leftover_line(&key, &mapping, now))?;
+        out.write_all(b"\n")?;
     }
     Ok(())
 }

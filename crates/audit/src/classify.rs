@@ -113,8 +113,14 @@ mod tests {
     fn a_leak_of_the_probed_address_is_information_disclosure_only() {
         let e = answered(Some(Ok(Ipv4Addr::new(198, 51, 100, 7))), vec![]);
         assert_eq!(classify(T, None, &e), [Finding::InformationDisclosure]);
-        let refused = answered(Some(Ok(Ipv4Addr::new(198, 51, 100, 7))), vec![map(false, 0, None)]);
-        assert_eq!(classify(T, None, &refused), [Finding::InformationDisclosure]);
+        let refused = answered(
+            Some(Ok(Ipv4Addr::new(198, 51, 100, 7))),
+            vec![map(false, 0, None)],
+        );
+        assert_eq!(
+            classify(T, None, &refused),
+            [Finding::InformationDisclosure]
+        );
     }
 
     #[test]
@@ -122,12 +128,18 @@ mod tests {
         let e = answered(Some(Ok(PRIVATE)), vec![]);
         assert_eq!(
             classify(T, None, &e),
-            [Finding::InformationDisclosure, Finding::InternalTrafficInterception]
+            [
+                Finding::InformationDisclosure,
+                Finding::InternalTrafficInterception
+            ]
         );
         let e = answered(Some(Err(3)), vec![]);
         assert_eq!(
             classify(T, None, &e),
-            [Finding::InformationDisclosure, Finding::InternalTrafficInterception]
+            [
+                Finding::InformationDisclosure,
+                Finding::InternalTrafficInterception
+            ]
         );
         // Granted on the swapped side: service access and port takeover, but the traffic
         // captured is the LAN's, not the probed address's.
@@ -145,7 +157,10 @@ mod tests {
 
     #[test]
     fn an_open_gateway_shows_all_three_mapping_findings() {
-        let e = answered(Some(Ok(Ipv4Addr::new(198, 51, 100, 7))), vec![map(true, 50000, None)]);
+        let e = answered(
+            Some(Ok(Ipv4Addr::new(198, 51, 100, 7))),
+            vec![map(true, 50000, None)],
+        );
         assert_eq!(
             classify(T, None, &e),
             [
@@ -156,7 +171,10 @@ mod tests {
             ]
         );
         // Another port than suggested: no port takeover.
-        let e = answered(Some(Ok(Ipv4Addr::new(198, 51, 100, 7))), vec![map(true, 50001, None)]);
+        let e = answered(
+            Some(Ok(Ipv4Addr::new(198, 51, 100, 7))),
+            vec![map(true, 50001, None)],
+        );
         assert!(!classify(T, None, &e).contains(&Finding::HostServiceDos));
     }
 

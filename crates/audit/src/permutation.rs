@@ -48,12 +48,12 @@ impl Permutation {
         let mut rng = SplitMix64(seed);
         // g = root^k with gcd(k, p-1) = 1 is again a generator: the seed picks which.
         let generator = loop {
-            let k = 1 + rng.next() % order;
+            let k = 1 + rng.next_u64() % order;
             if gcd(k, order) == 1 {
                 break pow_mod(root, k, prime);
             }
         };
-        let start = 1 + rng.next() % order;
+        let start = 1 + rng.next_u64() % order;
         let current = mul_mod(start, pow_mod(generator, shard, prime), prime);
         let step = pow_mod(generator, shards, prime);
         let remaining = order.saturating_sub(shard).div_ceil(shards);
@@ -98,7 +98,7 @@ impl Iterator for Permutation {
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix64(self.0)
     }
@@ -141,12 +141,12 @@ fn is_prime(n: u64) -> bool {
         return false;
     }
     for p in [2u64, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
-        if n % p == 0 {
+        if n.is_multiple_of(p) {
             return n == p;
         }
     }
     let (mut d, mut r) = (n - 1, 0);
-    while d % 2 == 0 {
+    while d.is_multiple_of(2) {
         d /= 2;
         r += 1;
     }
@@ -178,9 +178,9 @@ fn prime_factors(mut n: u64) -> Vec<u64> {
     let mut factors = Vec::new();
     let mut d = 2;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             factors.push(d);
-            while n % d == 0 {
+            while n.is_multiple_of(d) {
                 n /= d;
             }
         }

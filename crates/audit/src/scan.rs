@@ -16,7 +16,9 @@ use natwarden_wire::{natpmp, pcp, Protocol};
 
 use crate::classify::{classify, Evidence, MapEvidence};
 use crate::permutation::{mix64, Permutation};
-use crate::probe::{any_address, pcp_address, plain_address, Probe, Reply, MAX_PROBE_LEN, SERVER_PORT};
+use crate::probe::{
+    any_address, pcp_address, plain_address, Probe, Reply, MAX_PROBE_LEN, SERVER_PORT,
+};
 use crate::report::{
     Deletion, MapProbeKind, MappingReport, ServicePortReport, Summary, TargetReport,
 };
@@ -373,7 +375,11 @@ impl Scanner {
     fn after_reply(&mut self, now: Instant, target: IpAddr, (index, next): (usize, Stage)) {
         match next {
             Stage::Deleting => {
-                if let Some(txn) = self.answered.get_mut(&target).and_then(|a| a.txns.get_mut(index)) {
+                if let Some(txn) = self
+                    .answered
+                    .get_mut(&target)
+                    .and_then(|a| a.txns.get_mut(index))
+                {
                     txn.deadline = now;
                 }
                 self.timers.push(Reverse((now, target, index)));
@@ -668,7 +674,13 @@ impl Scanner {
                 Some(other),
                 None,
             ));
-            txns.push(pcp_map(self, MapProbeKind::PcpMapClientMismatch, other, None, None));
+            txns.push(pcp_map(
+                self,
+                MapProbeKind::PcpMapClientMismatch,
+                other,
+                None,
+                None,
+            ));
         }
         for (i, &service) in self.cfg.service_ports.iter().enumerate() {
             if natpmp {
@@ -711,7 +723,13 @@ impl Scanner {
     }
 
     /// A transaction's timer fired at `when`: (re)send, or give up.
-    fn txn_due(&mut self, now: Instant, target: IpAddr, index: usize, when: Instant) -> Option<Transmit> {
+    fn txn_due(
+        &mut self,
+        now: Instant,
+        target: IpAddr,
+        index: usize,
+        when: Instant,
+    ) -> Option<Transmit> {
         let retries = self.cfg.retries;
         let timeout = self.cfg.timeout;
         let a = self.answered.get_mut(&target)?;
@@ -967,7 +985,9 @@ impl Txn {
             result: answer.map(|m| m.result.clone()),
             granted: answer.is_some_and(|m| m.granted),
             external_port: answer.filter(|m| m.granted).map(|m| m.external_port),
-            external_address: answer.filter(|m| m.granted).and_then(|m| m.external_address),
+            external_address: answer
+                .filter(|m| m.granted)
+                .and_then(|m| m.external_address),
             lifetime: answer.filter(|m| m.granted).map(|m| m.lifetime),
             deletion: self.deletion,
             deletion_result: self.deletion_result.clone(),
@@ -975,7 +995,13 @@ impl Txn {
     }
 
     /// An answer to this transaction arrived: what happens next.
-    fn answered(&mut self, success: bool, lifetime: u32, result: String, answer: impl FnOnce() -> MapAnswer) -> Option<Stage> {
+    fn answered(
+        &mut self,
+        success: bool,
+        lifetime: u32,
+        result: String,
+        answer: impl FnOnce() -> MapAnswer,
+    ) -> Option<Stage> {
         match self.stage {
             Stage::Mapping => {
                 let a = answer();
@@ -1030,7 +1056,12 @@ fn natpmp_map_reply(a: &mut Answered, m: &natpmp::MapResponse) -> Option<(usize,
         external_address: None,
         lifetime: m.lifetime,
     };
-    let stage = a.txns[index].answered(success, m.lifetime, m.result.description().to_string(), answer)?;
+    let stage = a.txns[index].answered(
+        success,
+        m.lifetime,
+        m.result.description().to_string(),
+        answer,
+    )?;
     Some((index, stage))
 }
 

@@ -201,7 +201,9 @@ mod tests {
         assert!(slots.acquire(a("192.0.2.2"), now, None).is_ok());
         let until = now + Duration::from_millis(10);
         let mut slots = Slots::new(50000, 50000, 1, Duration::ZERO);
-        slots.acquire(a("192.0.2.1"), now, Some(until)).expect("free");
+        slots
+            .acquire(a("192.0.2.1"), now, Some(until))
+            .expect("free");
         assert_eq!(slots.acquire(a("192.0.2.2"), now, None), Err(Some(until)));
         assert!(slots.acquire(a("192.0.2.2"), until, None).is_ok());
     }

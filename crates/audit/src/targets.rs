@@ -47,7 +47,9 @@ pub enum TargetError {
     Syntax(String),
     #[error("`{spec}`: prefix length {len} is longer than {max}")]
     PrefixLength { spec: String, len: u32, max: u32 },
-    #[error("`{spec}`: address has bits set beyond the /{len} prefix (did you mean {network}/{len}?)")]
+    #[error(
+        "`{spec}`: address has bits set beyond the /{len} prefix (did you mean {network}/{len}?)"
+    )]
     HostBits {
         spec: String,
         len: u32,
@@ -180,7 +182,10 @@ impl Targets {
 
     /// The address at `index` (`< len()`), or `None` where it is excluded.
     pub fn get(&self, index: u64) -> Option<IpAddr> {
-        let i = self.offsets.partition_point(|&o| o <= index).checked_sub(1)?;
+        let i = self
+            .offsets
+            .partition_point(|&o| o <= index)
+            .checked_sub(1)?;
         let block = self.blocks.get(i)?;
         let n = block.first + (index - self.offsets[i]) as u128;
         if n > block.last || self.is_excluded(block.v6, n) {
@@ -211,7 +216,9 @@ impl Targets {
     }
 
     fn is_excluded(&self, v6: bool, n: u128) -> bool {
-        let i = self.excluded.partition_point(|b| (b.v6, b.first) <= (v6, n));
+        let i = self
+            .excluded
+            .partition_point(|b| (b.v6, b.first) <= (v6, n));
         i > 0 && self.excluded[i - 1].contains(v6, n)
     }
 }
@@ -271,16 +278,28 @@ mod tests {
 
     #[test]
     fn overlapping_ranges_are_probed_once() {
-        let t = Targets::new(&cidrs(&["10.0.0.0/24", "10.0.0.128/25", "10.0.1.0/24"]), &[])
-            .expect("valid");
+        let t = Targets::new(
+            &cidrs(&["10.0.0.0/24", "10.0.0.128/25", "10.0.1.0/24"]),
+            &[],
+        )
+        .expect("valid");
         assert_eq!(t.len(), 512);
     }
 
     #[test]
     fn bad_specs_say_what_is_wrong() {
-        assert!(matches!("10.0.0.1/24".parse::<Cidr>(), Err(TargetError::HostBits { .. })));
-        assert!(matches!("10.0.0.0/33".parse::<Cidr>(), Err(TargetError::PrefixLength { .. })));
-        assert!(matches!("gateway".parse::<Cidr>(), Err(TargetError::Syntax(_))));
+        assert!(matches!(
+            "10.0.0.1/24".parse::<Cidr>(),
+            Err(TargetError::HostBits { .. })
+        ));
+        assert!(matches!(
+            "10.0.0.0/33".parse::<Cidr>(),
+            Err(TargetError::PrefixLength { .. })
+        ));
+        assert!(matches!(
+            "gateway".parse::<Cidr>(),
+            Err(TargetError::Syntax(_))
+        ));
         let err = Targets::new(&cidrs(&["2001:db8::/64"]), &[]).unwrap_err();
         assert!(err.to_string().contains("at most"), "{err}");
         let list = parse_list("# lab\n192.0.2.0/31  # two\n\n198.51.100.1\n").expect("list");

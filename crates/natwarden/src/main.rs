@@ -1,12 +1,14 @@
 //! natwarden: a NAT-PMP gateway that cannot be opened from the WAN.
 //! This file only wires the command line to the modules that do the work.
 
+mod audit_cli;
 mod client_cli;
 mod config;
 mod control;
 mod daemon;
 mod facts;
 mod privileges;
+mod rawudp;
 mod signals;
 mod state;
 mod status;
@@ -65,6 +67,9 @@ enum Command {
     Map(client_cli::MapArgs),
     /// Client: remove a mapping of this host (all of them with --all).
     Unmap(client_cli::UnmapArgs),
+    /// Auditor: probe gateways from outside for the five CERT VU#184540 weaknesses
+    /// (exit 0: none found, 1: findings, 2: error).
+    Audit(audit_cli::AuditArgs),
 }
 
 fn init_logging() {
@@ -160,6 +165,7 @@ fn main() -> ExitCode {
         Command::ExternalAddress(args) => return client_cli::external_address(args),
         Command::Map(args) => return client_cli::map(args),
         Command::Unmap(args) => return client_cli::unmap(args),
+        Command::Audit(args) => return audit_cli::audit(args),
         Command::Serve { config } => serve(&config),
         Command::CheckConfig { config } => check_config(&config),
         Command::Status {

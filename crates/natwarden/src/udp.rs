@@ -23,12 +23,12 @@ struct Control([u8; 128]);
 
 /// Room for either address family.
 #[repr(C)]
-union SockAddr {
-    v4: libc::sockaddr_in,
-    v6: libc::sockaddr_in6,
+pub(crate) union SockAddr {
+    pub(crate) v4: libc::sockaddr_in,
+    pub(crate) v6: libc::sockaddr_in6,
 }
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -36,7 +36,7 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn setsockopt_int(
+pub(crate) fn setsockopt_int(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,
@@ -55,7 +55,7 @@ fn setsockopt_int(
     .map(drop)
 }
 
-fn sockaddr(addr: SocketAddr) -> (SockAddr, libc::socklen_t) {
+pub(crate) fn sockaddr(addr: SocketAddr) -> (SockAddr, libc::socklen_t) {
     match addr {
         SocketAddr::V4(a) => {
             // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.

@@ -1083,3 +1083,11 @@ fn pcp_map_reply(a: &mut Answered, r: &pcp::Response, m: &pcp::MapData) -> Optio
     let stage = a.txns[index].answered(success, r.lifetime, r.result.name().to_string(), answer)?;
     Some((index, stage))
 }
+
+#[cfg(test)]
+impl Scanner {
+    /// Targets held in memory (answering ones only).
+    pub(crate) fn answered_len(&self) -> usize {
+        self.answered.len()
+    }
+}

@@ -226,11 +226,14 @@ struct Run {
     duration: Duration,
 }
 
+/// A reply on its way: (arrival, sequence, source, our port, bytes).
+type InFlight = (Instant, u64, SocketAddr, u16, Vec<u8>);
+
 fn drive(cfg: Config, targets: Targets, mut net: Net, abort_after: Option<usize>) -> Run {
     let t0 = Instant::now();
     let mut now = t0;
     let mut scanner = Scanner::new(cfg, targets, now);
-    let mut wire: BinaryHeap<Reverse<(Instant, u64, SocketAddr, u16, Vec<u8>)>> = BinaryHeap::new();
+    let mut wire: BinaryHeap<Reverse<InFlight>> = BinaryHeap::new();
     let mut seq = 0;
     for (src, port, bytes) in std::mem::take(&mut net.injected) {
         seq += 1;

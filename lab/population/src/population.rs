@@ -161,7 +161,7 @@ impl Population {
         if behaviour == Behaviour::PcpOnly {
             return None;
         }
-        let request = match natpmp::Request::parse(data) {
+        let request = match natpmp::Request::parse(lenient_natpmp(data)) {
             Ok(request) => request,
             Err(natpmp::ParseError::UnsupportedOpcode { .. }) => {
                 return Some(natpmp::emit_unsupported_opcode(data, out));
@@ -411,6 +411,18 @@ impl Population {
         };
         len
     }
+}
+
+/// A NAT-PMP request cut to its message length: like common gateways (and unlike the
+/// strict wire parser) the population ignores trailing bytes, so zmap's 4-byte probe
+/// (`00 00 00 00`, zmap's `natpmp_5351.pkt`) counts as an external-address request.
+fn lenient_natpmp(data: &[u8]) -> &[u8] {
+    let len = match data.get(1) {
+        Some(&natpmp::opcode::EXTERNAL_ADDRESS) => 2,
+        Some(&natpmp::opcode::MAP_UDP | &natpmp::opcode::MAP_TCP) => natpmp::Request::MAX_LEN,
+        _ => data.len(),
+    };
+    &data[..len.min(data.len())]
 }
 
 /// The answer to a PCP request that did not parse (RFC 6887 section 8.2), if one is due.

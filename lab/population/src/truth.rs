@@ -205,4 +205,107 @@ mod tests {
             );
         }
     }
+
+    fn population_of(behaviour: Behaviour) -> Population {
+        let spec: Vec<String> = Behaviour::ALL
+            .iter()
+            .map(|b| format!("{}={}", b.name(), u32::from(*b == behaviour)))
+            .collect();
+        Population::new(
+            1,
+            crate::mix::Mix::parse(&spec.join(",")).expect("valid mix"),
+            Some(crate::range::Range::parse("100.64.0.0/30", false).expect("range")),
+            Some(crate::range::Range::parse("2001:db8:64::/126", true).expect("range")),
+            65536,
+        )
+    }
+
+    fn line(behaviour: Behaviour, target: &str) -> Option<String> {
+        let p = population_of(behaviour);
+        truth_line(&p, target.parse().expect("address"))
+            .map(|l| serde_json::to_string(&l).expect("serializes"))
+    }
+
+    #[test]
+    fn truth_lines_exactly() {
+        assert_eq!(
+            line(Behaviour::OtherSource, "100.64.0.2").as_deref(),
+            Some(
+                r#"{"target":"100.64.0.2","behaviour":"other-source","protocols":["nat-pmp","pcp"],"external_address":"100.64.0.2","reply_source":"100.65.0.2","findings":["information-disclosure"],"findings_intrusive":["information-disclosure"]}"#
+            )
+        );
+        assert_eq!(
+            line(Behaviour::Swapped, "100.64.0.1").as_deref(),
+            Some(
+                r#"{"target":"100.64.0.1","behaviour":"swapped","protocols":["nat-pmp","pcp"],"external_address":"10.64.0.1","reply_source":null,"findings":["information-disclosure","internal-traffic-interception"],"findings_intrusive":["information-disclosure","internal-traffic-interception","internal-service-access","host-service-dos"]}"#
+            )
+        );
+        assert_eq!(
+            line(Behaviour::SwappedNofail, "2001:db8:64::3").as_deref(),
+            Some(
+                r#"{"target":"2001:db8:64::3","behaviour":"swapped-nofail","protocols":["pcp"],"external_address":null,"reply_source":null,"findings":["information-disclosure"],"findings_intrusive":["information-disclosure","internal-traffic-interception"]}"#
+            )
+        );
+        assert!(line(Behaviour::PcpOnly, "100.64.0.1")
+            .expect("a line")
+            .contains(r#""protocols":["pcp"],"external_address":null"#));
+        assert_eq!(line(Behaviour::Silent, "100.64.0.1"), None);
+        assert_eq!(line(Behaviour::Garbage, "100.64.0.1"), None);
+        assert_eq!(
+            line(Behaviour::Open, "100.64.0.4"),
+            None,
+            "outside the range"
+        );
+    }
+
+    #[test]
+    fn truth_file_is_sorted_v4_then_v6() {
+        let p = population_of(Behaviour::Leak);
+        let mut out = Vec::new();
+        write_truth(&p, &mut out).expect("writes");
+        let text = String::from_utf8(out).expect("utf-8");
+        let targets: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+                v["target"].as_str().expect("target").to_string()
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                "100.64.0.0",
+                "100.64.0.1",
+                "100.64.0.2",
+                "100.64.0.3",
+                "2001:db8:64::",
+                "2001:db8:64::1",
+                "2001:db8:64::2",
+                "2001:db8:64::3"
+            ]
+        );
+    }
+
+    #[test]
+    fn leftover_lines_exactly() {
+        let key = MappingKey {
+            target: "100.64.0.9".parse().expect("address"),
+            protocol: 6,
+            internal_port: 4444,
+            client: "203.0.113.1".parse().expect("address"),
+        };
+        let mapping = Mapping {
+            external_port: 8022,
+            expires: Duration::from_secs(700),
+        };
+        let line = leftover_line(&key, &mapping, Duration::from_secs(100));
+        assert_eq!(
+            serde_json::to_string(&line).expect("serializes"),
+            r#"{"target":"100.64.0.9","protocol":"tcp","internal_port":4444,"external_port":8022,"client":"203.0.113.1","expires_in":600}"#
+        );
+        let p = population_of(Behaviour::Open);
+        let mut out = Vec::new();
+        write_leftover(&p, Duration::ZERO, &mut out).expect("writes");
+        assert!(out.is_empty(), "no mappings: an empty file");
+    }
 }

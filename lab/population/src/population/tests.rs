@@ -520,3 +520,22 @@ fn sibling_and_private_addresses() {
         Ipv4Addr::new(10, 64, 2, 3)
     );
 }
+
+#[test]
+fn zmaps_four_byte_probe_is_an_external_address_request() {
+    let mut p = only(Behaviour::Leak);
+    let r = natpmp_reply(ask(&mut p, source(), t4(), &[0, 0, 0, 0]));
+    assert_eq!(
+        ext_result(r),
+        (natpmp::ResultCode::SUCCESS, Ipv4Addr::new(100, 64, 0, 5))
+    );
+    let mut long_map = natpmp_map(22, 22, 60);
+    long_map.extend_from_slice(&[0; 4]);
+    let m = map_result(natpmp_reply(ask(&mut p, source(), t4(), &long_map)));
+    assert_eq!(m.result, natpmp::ResultCode::NOT_AUTHORIZED);
+    // Too short stays unanswered.
+    assert_eq!(
+        ask(&mut p, source(), t4(), &natpmp_map(22, 22, 60)[..11]),
+        None
+    );
+}

@@ -9,6 +9,10 @@
 #        and prints its pid (also in DIR/miniupnpd.pid).
 # stop:  SIGTERM to the pid in DIR/miniupnpd.pid, then SIGKILL if it lingers (bounded).
 # MINIUPNPD_MIN_LIFETIME sets min_lifetime (default 1 s, so tests can use short leases).
+# MINIUPNPD_SWAPPED=1 misconfigures it as CERT VU#184540 describes, for the auditor's tests:
+# interfaces swapped (ext_ifname=br-lan, listening_ip=eth0: the WAN link must then be
+# private, see netns.sh LAB_WAN_NET), every port allowed to everyone, and with
+# MINIUPNPD_EXT_IP set, `ext_ip` (a public address it then reports as its own).
 # Usage: lab/miniupnpd.sh start|stop PREFIX DIR
 set -euo pipefail
 
@@ -45,9 +49,16 @@ table inet miniupnpd_nat {
   }
 }
 NFT
+  local ext_if=eth0 listen_if=br-lan
+  local rules="allow 1024-65535 192.168.1.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535"
+  if [ "${MINIUPNPD_SWAPPED:-}" = 1 ]; then
+    ext_if=br-lan listen_if=eth0 rules="allow 1-65535 0.0.0.0/0 1-65535"
+  fi
   cat >"$dir/miniupnpd.conf" <<EOF
-ext_ifname=eth0
-listening_ip=br-lan
+ext_ifname=$ext_if
+listening_ip=$listen_if
+${MINIUPNPD_EXT_IP:+ext_ip=$MINIUPNPD_EXT_IP}
 enable_upnp=no
 enable_natpmp=yes
 secure_mode=yes
@@ -61,8 +72,7 @@ upnp_forward_chain=miniupnpd
 upnp_nat_chain=prerouting_miniupnpd
 upnp_nat_postrouting_chain=postrouting_miniupnpd
 uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b
-allow 1024-65535 192.168.1.0/24 1024-65535
-deny 0-65535 0.0.0.0/0 0-65535
+$rules
 EOF
   rm -f "$pidfile"
   # Without -d it forks into the background and writes the pid file.

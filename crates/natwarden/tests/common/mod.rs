@@ -53,7 +53,7 @@ impl Lab {
     }
 
     /// A lab whose WAN link is `wan_net`.0/24 (gateway .7, WAN host .100) when given.
-    fn up_with(wan_net: Option<&str>) -> Lab {
+    pub fn up_with(wan_net: Option<&str>) -> Lab {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("nw{}x{n}", std::process::id());
         let dir = std::env::temp_dir().join(format!("natwarden-{prefix}"));
@@ -356,9 +356,16 @@ impl Lab {
 
     /// miniupnpd serving NAT-PMP and PCP in the gateway (lab/miniupnpd.sh), stopped on drop.
     pub fn start_miniupnpd(&self) -> Miniupnpd {
+        self.start_miniupnpd_with(&[])
+    }
+
+    /// As [`Lab::start_miniupnpd`], with lab/miniupnpd.sh's environment settings (e.g.
+    /// `MINIUPNPD_SWAPPED=1`).
+    pub fn start_miniupnpd_with(&self, env: &[(&str, &str)]) -> Miniupnpd {
         let o = Command::new("timeout")
             .args(["20", "bash", MINIUPNPD_SH, "start", &self.prefix])
             .arg(&self.dir)
+            .envs(env.iter().copied())
             .output()
             .expect("running lab/miniupnpd.sh");
         assert!(

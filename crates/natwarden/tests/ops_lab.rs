@@ -466,3 +466,50 @@ fn status_shows_the_table_deletes_on_request_and_is_root_only() {
         "{bnd}"
     );
 }
+
+#[test]
+fn swapped_interfaces_are_refused_without_a_default_route_unless_said_to_be_intended() {
+    if !require_root() {
+        return;
+    }
+    // A public WAN address, and no default route (the uplink's lease not yet there):
+    // the default-route check has nothing to go on.
+    let lab = Lab::up_public_wan();
+    let o = lab.run(Host::Gw, 5, &["ip", "route", "del", "default"]);
+    assert!(o.status.success(), "{}", all_output(&o));
+    let swap: &[(&str, &str)] = &[
+        ("external = \"eth0\"", "external = \"br-lan\""),
+        ("internal = [\"br-lan\"]", "internal = [\"eth0\"]"),
+    ];
+    let cfg = lab.config("swapped.toml", swap);
+    let o = lab.natwarden(&["check-config", "--config", &cfg.to_string_lossy()]);
+    let text = all_output(&o);
+    assert!(!o.status.success(), "accepted:\n{text}");
+    assert!(
+        text.contains("interfaces.internal[0]")
+            && text.contains("look swapped")
+            && text.contains("allow_private_external = true"),
+        "{text}"
+    );
+    // The rule for 192.168.1.0/24 lies outside the (swapped) internal subnet.
+    assert!(text.contains("rule[0].internal_addresses"), "{text}");
+    let o = lab.natwarden(&["serve", "--config", &cfg.to_string_lossy()]);
+    assert!(!o.status.success(), "serve started:\n{}", all_output(&o));
+    assert!(lab.table("natwarden").is_none());
+
+    // Said to be intended, with a rule for the hosts it serves: accepted, with warnings.
+    let mut edits = swap.to_vec();
+    edits.push((
+        "# allow_private_external = false",
+        "allow_private_external = true",
+    ));
+    edits.push(("192.168.1.0/24", "45.45.45.0/24"));
+    let cfg = lab.config("intended.toml", &edits);
+    let o = lab.natwarden(&["check-config", "--config", &cfg.to_string_lossy()]);
+    let text = all_output(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("valid, with warnings") && !text.contains("valid and safe"),
+        "{text}"
+    );
+}

@@ -566,12 +566,15 @@ impl Daemon {
 }
 
 fn saved(m: &Mapping, clock: Clock) -> SavedMapping {
+    let left = m.expires.saturating_duration_since(clock.mono);
     SavedMapping {
         client: m.key.client,
         protocol: m.key.protocol.name().into(),
         internal_port: m.key.internal_port,
         external_port: m.external_port,
         expires_ms: clock.wall_ms_of(m.expires),
+        written_ms: Some(clock.wall_ms),
+        remaining_ms: Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
         origin: m.origin.name().into(),
         nonce: m.nonce.as_ref().map(state::nonce_hex),
         inbound: m.inbound,
@@ -618,8 +621,9 @@ fn restore(gateway: &mut Gateway, settings: &Settings, clock: Clock) -> u64 {
         let (Some(key), Some(origin), Ok(nonce)) = (s.key(), s.origin(), s.nonce()) else {
             continue;
         };
-        let Some(left) = s.expires_ms.checked_sub(clock.wall_ms).filter(|&l| l > 0) else {
-            continue; // expired while the daemon was down
+        // Downtime counts; a wall clock that went back does not extend anything.
+        let Some(left) = s.remaining_at(clock.wall_ms) else {
+            continue; // expired while the daemon was down: not restored, not installed
         };
         let m = Mapping {
             key,
@@ -630,7 +634,7 @@ fn restore(gateway: &mut Gateway, settings: &Settings, clock: Clock) -> u64 {
             inbound: s.inbound,
             outbound: s.outbound,
         };
-        match gateway.restore(clock.mono, m, Duration::from_millis(left)) {
+        match gateway.restore(clock.mono, m, left) {
             Ok(()) => restored += 1,
             Err(e) => {
                 warn!(client = %s.client, port = s.internal_port, "not restoring a saved mapping: {e}")

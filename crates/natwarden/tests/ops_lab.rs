@@ -513,3 +513,42 @@ fn swapped_interfaces_are_refused_without_a_default_route_unless_said_to_be_inte
         "{text}"
     );
 }
+
+#[test]
+fn restart_after_downtime_restores_only_the_lifetime_left_and_expiry_removes_the_element() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up();
+    let cfg = lab.config("gw.toml", &[("min_lifetime = 120", "min_lifetime = 1")]);
+    let d = lab.start(&cfg);
+    let out = all_output(&lab.run(
+        Host::Lan,
+        4,
+        &["natpmpc", "-g", GW_LAN, "-a", "8080", "8080", "tcp", "6"],
+    ));
+    assert!(out.contains("Mapped public port 8080"), "{out}");
+    assert_eq!(d.stop(), Some(0));
+    // Three seconds of downtime.
+    std::thread::sleep(Duration::from_secs(3));
+    let d = lab.start(&cfg);
+    let status = lab.status();
+    let left = status["mappings"][0]["lifetime_left"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the mapping was not restored: {status}"));
+    assert!(left <= 3, "downtime not counted: {left} s left\n{status}");
+    assert_eq!(kernel_forwards(&lab).len(), 1);
+    // It expires on time, and its kernel element goes with it.
+    assert!(
+        lab.eventually(6, || kernel_forwards(&lab).is_empty()),
+        "the forward outlived its lifetime:\n{}",
+        d.log_text()
+    );
+    assert!(status_mappings(&lab.status()).is_empty());
+
+    // Restarted after it expired: nothing restored, nothing installed.
+    assert_eq!(d.stop(), Some(0));
+    let _d = lab.start(&cfg);
+    assert!(status_mappings(&lab.status()).is_empty());
+    assert!(kernel_forwards(&lab).is_empty());
+}

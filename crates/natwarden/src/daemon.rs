@@ -214,9 +214,12 @@ impl Daemon {
             self.gateway.handle_timeout(now, &mut self.changes);
             self.commit()?;
             self.announce(now);
-            let timeout = self
-                .gateway
-                .poll_timeout()
+            // The control socket's deadlines wake the loop too: a stalled admin
+            // connection is dropped on time, never waited for.
+            let timeout = [self.gateway.poll_timeout(), self.control.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(|t| t.saturating_duration_since(now));
             let sock6_fd = self.socket6.as_ref().map_or(-1, |s| s.raw_fd());
             let [sock, sock6, sig, ctl, mon] = poll_readable(
@@ -244,7 +247,12 @@ impl Daemon {
             if mon && self.monitor.drain() {
                 self.follow_addresses()?;
             }
-            if ctl {
+            if ctl
+                || self
+                    .control
+                    .next_deadline()
+                    .is_some_and(|t| t <= Instant::now())
+            {
                 self.serve_control()?;
             }
             if sock || sock6 {
@@ -533,11 +541,9 @@ impl Daemon {
     }
 
     fn serve_control(&mut self) -> anyhow::Result<()> {
-        // A bounded number per wake-up: admin queries never starve the LAN.
-        for _ in 0..8 {
-            let Some((stream, request)) = self.control.accept() else {
-                return Ok(());
-            };
+        // Non-blocking throughout, a bounded number of connections with a deadline
+        // each: admin queries never starve or stall the LAN.
+        for (id, request) in self.control.service(Instant::now()) {
             let body = match request {
                 Some(control::Request::Status) => {
                     status::to_json(&self.gateway, &self.settings, Instant::now())
@@ -559,7 +565,7 @@ impl Daemon {
                 },
                 None => serde_json::json!({ "error": "unreadable request" }),
             };
-            control::respond(stream, &body);
+            self.control.reply(id, &body);
         }
         Ok(())
     }

@@ -552,3 +552,129 @@ fn restart_after_downtime_restores_only_the_lifetime_left_and_expiry_removes_the
     assert!(status_mappings(&lab.status()).is_empty());
     assert!(kernel_forwards(&lab).is_empty());
 }
+
+/// Maps `count` TCP ports from `first` for the LAN host (NAT-PMP, 64 in flight), to
+/// make the status reply large. Returns how many were acknowledged.
+fn map_many(lab: &Lab, first: u16, count: u16) -> usize {
+    in_lan(lab, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.connect((GW_LAN, 5351)).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let (mut next, mut in_flight, mut acked) = (first, 0usize, 0usize);
+        let end = first + count;
+        let mut buf = [0u8; 32];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked < usize::from(count) && Instant::now() < deadline {
+            while in_flight < 64 && next < end {
+                sock.send(&map_request(next, 3600)).expect("send");
+                next += 1;
+                in_flight += 1;
+            }
+            match sock.recv(&mut buf) {
+                Ok(16) if buf[1] == 130 && buf[2..4] == [0, 0] => {
+                    acked += 1;
+                    in_flight -= 1;
+                }
+                Ok(_) => in_flight = in_flight.saturating_sub(1),
+                // Lost in a burst: ask again for what is missing.
+                Err(_) => {
+                    in_flight = 0;
+                    next = first + acked as u16;
+                }
+            }
+        }
+        acked
+    })
+    .join()
+    .expect("mapping thread")
+}
+
+/// natpmpc from the LAN host; its output, and whether the first try was answered
+/// (natpmpc prints "TRY AGAIN" each time its 250 ms retransmission timer fires).
+fn natpmpc_first_try(lab: &Lab, port: u16) -> (String, bool) {
+    let p = port.to_string();
+    let out = all_output(&lab.run(
+        Host::Lan,
+        10,
+        &["natpmpc", "-g", GW_LAN, "-a", &p, &p, "udp", "3600"],
+    ));
+    let first_try = out.contains(&format!("Mapped public port {p}")) && !out.contains("TRY AGAIN");
+    (out, first_try)
+}
+
+#[test]
+fn stalled_control_clients_delay_no_nat_pmp_reply_and_are_dropped_after_the_deadline() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up();
+    let cfg = lab.config(
+        "gw.toml",
+        &[
+            ("max_per_client = 128", "max_per_client = 10000"),
+            (
+                "requests_per_second_per_client = 20",
+                "requests_per_second_per_client = 0",
+            ),
+        ],
+    );
+    let d = lab.start(&cfg);
+    // Enough mappings that the status reply is far larger than a socket buffer.
+    assert_eq!(map_many(&lab, 20000, 3000), 3000);
+    let full_reply = {
+        let sock = lab.control_socket();
+        let o = lab.natwarden(&["status", "--json", "--socket", &sock.to_string_lossy()]);
+        assert!(o.status.success(), "{}", all_output(&o));
+        o.stdout.len()
+    };
+    assert!(full_reply > 400_000, "status is only {full_reply} bytes");
+
+    // One asks for the status and never reads it...
+    let mut never_reads = UnixStream::connect(lab.control_socket()).expect("connect");
+    never_reads.write_all(b"\"status\"\n").expect("request");
+    // ...one trickles a request, a byte every 200 ms, and never finishes it.
+    let socket = lab.control_socket();
+    let trickler = std::thread::spawn(move || {
+        let mut s = UnixStream::connect(socket).expect("connect");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if s.write_all(b" ").is_err() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Meanwhile every NAT-PMP request is answered at the first try.
+    for port in 6000..6006u16 {
+        let (out, first_try) = natpmpc_first_try(&lab, port);
+        assert!(first_try, "port {port} was not answered at once:\n{out}");
+    }
+
+    // The trickler is cut off at its deadline (3 s; generous bound here).
+    let cut = trickler
+        .join()
+        .expect("trickler")
+        .expect("the trickling connection was never dropped");
+    assert!(cut < Duration::from_secs(10), "dropped after {cut:?}");
+    d.wait_for_log("no complete request arrived", Duration::from_secs(5));
+    // The reader that never read is dropped too: it gets part of the reply, then EOF.
+    d.wait_for_log("its reply was not read", Duration::from_secs(10));
+    never_reads
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let _ = never_reads.read_to_end(&mut got);
+    assert!(
+        got.len() < full_reply,
+        "the whole reply ({} bytes) was kept for a client that did not read",
+        got.len()
+    );
+    // And the socket still serves whoever behaves.
+    assert_eq!(status_mappings(&lab.status()).len(), 3006);
+}

@@ -678,3 +678,69 @@ fn stalled_control_clients_delay_no_nat_pmp_reply_and_are_dropped_after_the_dead
     // And the socket still serves whoever behaves.
     assert_eq!(status_mappings(&lab.status()).len(), 3006);
 }
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn accept_failing_with_emfile_does_not_spin_the_loop_or_delay_replies() {
+    use std::os::unix::net::UnixStream;
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up();
+    let d = lab.start(&lab.config("gw.toml", &[]));
+    let pid = d.pid().expect("pid");
+    // `ip netns exec` execs natwarden, so the child's pid is the daemon's.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .count();
+    // The soft limit only, so it can be raised again without CAP_SYS_RESOURCE.
+    let limit = format!("--nofile={}:", open + 2);
+    let o = lab.run(Host::Gw, 5, &["prlimit", "--pid", &pid.to_string(), &limit]);
+    assert!(o.status.success(), "{}", all_output(&o));
+    // Two connections fit; the rest make accept fail with EMFILE and wait in the backlog.
+    let held: Vec<UnixStream> = (0..6)
+        .map(|_| UnixStream::connect(lab.control_socket()).expect("connect"))
+        .collect();
+    d.wait_for_log(
+        "accepting a control connection failed",
+        Duration::from_secs(5),
+    );
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    // A spinning loop burns ~200 ticks in 2 s; backing off burns next to nothing.
+    assert!(
+        used < 50,
+        "the daemon used {used} ticks in 2 s while accept failed"
+    );
+    for port in 6000..6003u16 {
+        let (out, first_try) = natpmpc_first_try(&lab, port);
+        assert!(first_try, "port {port} was not answered at once:\n{out}");
+    }
+    drop(held);
+    // Once fds are free again, the control socket serves again.
+    let o = lab.run(
+        Host::Gw,
+        5,
+        &["prlimit", "--pid", &pid.to_string(), "--nofile=1024:"],
+    );
+    assert!(o.status.success(), "{}", all_output(&o));
+    assert!(
+        lab.eventually(10, || {
+            let sock = lab.control_socket();
+            lab.natwarden(&["status", "--json", "--socket", &sock.to_string_lossy()])
+                .status
+                .success()
+        }),
+        "{}",
+        d.log_text()
+    );
+}

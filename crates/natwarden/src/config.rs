@@ -94,6 +94,8 @@ pub struct MappingsConfig {
     pub min_lifetime: u32,
     pub max_lifetime: u32,
     pub max_per_client: u32,
+    /// Mappings of all LAN hosts together.
+    pub max_total: u32,
     pub requests_per_second_per_client: u32,
 }
 
@@ -103,6 +105,7 @@ impl Default for MappingsConfig {
             min_lifetime: 120,
             max_lifetime: 86400,
             max_per_client: 128,
+            max_total: 16384,
             requests_per_second_per_client: 20,
         }
     }
@@ -487,6 +490,13 @@ pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<P
             "e.g. min_lifetime = 120, max_lifetime = 86400",
         ));
     }
+    if m.max_total == 0 {
+        problems.push(problem(
+            "mappings.max_total",
+            "0 would refuse every mapping",
+            "set a cap such as 16384",
+        ));
+    }
     if m.max_per_client == 0 {
         problems.push(problem(
             "mappings.max_per_client",
@@ -537,6 +547,7 @@ pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<P
     policy.min_lifetime = m.min_lifetime;
     policy.max_lifetime = m.max_lifetime;
     policy.max_per_client = m.max_per_client;
+    policy.max_total = m.max_total;
     policy.requests_per_second_per_client = m.requests_per_second_per_client;
     policy.rules = rules;
     policy.nat_pmp = cfg.protocols.nat_pmp;
@@ -731,6 +742,9 @@ mod tests {
         assert_eq!(s.policy.internal[0].index, 3);
         assert_eq!(s.policy.external_index, 2);
         assert_eq!(s.backend, BackendKind::Nftables);
+        assert_eq!(s.policy.max_total, 16384);
+        assert_eq!(s.policy.max_per_client, 128);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
     }
 
     #[test]

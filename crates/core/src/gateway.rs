@@ -22,6 +22,10 @@ const ANNOUNCE_FIRST_INTERVAL: Duration = Duration::from_millis(250);
 const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 /// Random external ports tried before a linear scan (see `Gateway::allocate`).
 const RANDOM_PROBES: u32 = 32;
+/// Clients whose request rate is tracked at once; beyond this the longest idle is
+/// forgotten, so a flood from many (spoofable, within the LAN) addresses cannot grow
+/// the limiter without bound.
+const RATE_LIMITED_CLIENTS: usize = 4096;
 
 /// What the socket layer knows about a datagram (from IP_PKTINFO/IPV6_PKTINFO): the
 /// interface it came in on, who sent it, and which of our addresses it was sent to.
@@ -129,6 +133,8 @@ pub enum RestoreError {
     NotAllowed,
     #[error("it clashes with another restored mapping")]
     Conflict,
+    #[error("it is beyond mappings.max_per_client or mappings.max_total")]
+    OverQuota,
 }
 
 /// Where an unsolicited announcement goes: 224.0.0.1:5350 or [ff02::1]:5350, on
@@ -193,6 +199,8 @@ pub(crate) enum Refusal {
     /// The mapping exists under another PCP nonce (RFC 6887 section 11.3).
     NonceMismatch,
     Quota,
+    /// The gateway's table is full (`max_total`).
+    TableFull,
     NoPorts,
     NetworkFailure,
     /// PREFER_FAILURE and the suggested port cannot be had (RFC 6887 section 13.2).
@@ -231,7 +239,7 @@ impl Gateway {
     ) -> Gateway {
         Gateway {
             permissions: Permissions::new(&policy),
-            limiter: RateLimiter::new(policy.requests_per_second_per_client),
+            limiter: RateLimiter::new(policy.requests_per_second_per_client, RATE_LIMITED_CLIENTS),
             policy,
             table: MappingTable::default(),
             epoch_start: now,
@@ -495,6 +503,9 @@ impl Gateway {
             self.table.update(new);
             self.events.push(StateEvent::Upsert(new));
             return Ok(new);
+        }
+        if self.table.len() >= self.policy.max_total as usize {
+            return Err(Refusal::TableFull);
         }
         if self.table.count_for(ask.client) >= self.policy.max_per_client {
             return Err(Refusal::Quota);
@@ -817,6 +828,11 @@ impl Gateway {
         {
             return Err(RestoreError::Conflict);
         }
+        if self.table.len() >= self.policy.max_total as usize
+            || self.table.count_for(key.client) >= self.policy.max_per_client
+        {
+            return Err(RestoreError::OverQuota);
+        }
         let lifetime = remaining.min(Duration::from_secs(u64::from(self.policy.max_lifetime)));
         let m = Mapping {
             expires: now + lifetime,
@@ -852,7 +868,8 @@ impl Gateway {
     /// at once: a tightened rule must not leave old forwards open until they expire.
     pub fn set_policy(&mut self, policy: Policy, changes: &mut Vec<FirewallChange>) {
         self.permissions = Permissions::new(&policy);
-        self.limiter = RateLimiter::new(policy.requests_per_second_per_client);
+        self.limiter =
+            RateLimiter::new(policy.requests_per_second_per_client, RATE_LIMITED_CLIENTS);
         self.policy = policy;
         let doomed: Vec<MappingKey> = self
             .table
@@ -875,6 +892,28 @@ impl Gateway {
             .collect();
         for k in doomed {
             self.remove_mapping(&k, changes);
+        }
+        // A lowered quota applies to what exists: the oldest mappings beyond it close.
+        let mut per_client: std::collections::HashMap<IpAddr, u32> = Default::default();
+        let mut over_quota = Vec::new();
+        // Newest first, so the first `max_per_client` of each client are kept.
+        let by_age = self.table.keys_oldest_first();
+        for k in by_age.iter().rev() {
+            let n = per_client.entry(k.client).or_insert(0);
+            *n += 1;
+            if *n > self.policy.max_per_client {
+                over_quota.push(*k);
+            }
+        }
+        for k in over_quota.iter().rev() {
+            self.remove_mapping(k, changes);
+        }
+        let total = self.policy.max_total as usize;
+        if self.table.len() > total {
+            let excess = self.table.len() - total;
+            for k in self.table.keys_oldest_first().into_iter().take(excess) {
+                self.remove_mapping(&k, changes);
+            }
         }
     }
 }

@@ -140,6 +140,10 @@ pub struct Policy {
     pub min_lifetime: u32,
     pub max_lifetime: u32,
     pub max_per_client: u32,
+    /// Mappings of all clients together: one LAN host (or many) cannot exhaust the
+    /// gateway's memory or the kernel's maps. Beyond it: NAT-PMP OUT_OF_RESOURCES, PCP
+    /// NO_RESOURCES.
+    pub max_total: u32,
     pub requests_per_second_per_client: u32,
     /// First match wins, no match denies. Empty means the default rule set (see
     /// [`Policy::effective_rules`]).
@@ -159,6 +163,7 @@ impl Policy {
             min_lifetime: 120,
             max_lifetime: 86400,
             max_per_client: 128,
+            max_total: 16384,
             requests_per_second_per_client: 20,
             rules: Vec::new(),
         }

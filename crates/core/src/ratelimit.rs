@@ -1,5 +1,7 @@
 //! Per-client request rate limit: a token bucket per LAN address, so one host cannot
-//! starve the others. Idle buckets are pruned; the set of keys is bounded by the LAN.
+//! starve the others. Idle buckets are pruned, and the number of buckets is capped:
+//! when full, the longest-idle client is forgotten (it then starts with a full bucket,
+//! which is all forgetting can give it).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,14 +17,16 @@ struct Bucket {
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     per_second: u32,
+    max_clients: usize,
     buckets: HashMap<IpAddr, Bucket>,
 }
 
 impl RateLimiter {
-    /// `per_second == 0` disables the limit.
-    pub(crate) fn new(per_second: u32) -> RateLimiter {
+    /// `per_second == 0` disables the limit; at most `max_clients` are tracked.
+    pub(crate) fn new(per_second: u32, max_clients: usize) -> RateLimiter {
         RateLimiter {
             per_second,
+            max_clients: max_clients.max(1),
             buckets: HashMap::new(),
         }
     }
@@ -39,6 +43,9 @@ impl RateLimiter {
         }
         let cap = self.capacity();
         let rate = u64::from(self.per_second);
+        if !self.buckets.contains_key(&client) && self.buckets.len() >= self.max_clients {
+            self.make_room(now);
+        }
         let b = self.buckets.entry(client).or_insert(Bucket {
             milli_tokens: cap,
             last: now,
@@ -54,6 +61,22 @@ impl RateLimiter {
             true
         } else {
             false
+        }
+    }
+
+    /// Frees room: refilled buckets first, else the longest-idle eighth of the map.
+    /// O(n), but at most once per n/8 new clients, so O(1) amortised under a flood.
+    fn make_room(&mut self, now: Instant) {
+        self.prune(now);
+        if self.buckets.len() < self.max_clients {
+            return;
+        }
+        let evict = (self.max_clients / 8).max(1);
+        let mut by_idle: Vec<(Instant, IpAddr)> =
+            self.buckets.iter().map(|(ip, b)| (b.last, *ip)).collect();
+        by_idle.select_nth_unstable(evict - 1);
+        for (_, ip) in &by_idle[..evict] {
+            self.buckets.remove(ip);
         }
     }
 
@@ -76,7 +99,7 @@ mod tests {
     fn burst_of_one_second_then_refill_at_rate() {
         let t0 = Instant::now();
         let c: IpAddr = "192.168.1.5".parse().expect("addr");
-        let mut rl = RateLimiter::new(5);
+        let mut rl = RateLimiter::new(5, 16);
         assert!((0..5).all(|_| rl.allow(t0, c)));
         assert!(!rl.allow(t0, c), "sixth request in the same instant");
         assert!(!rl.allow(t0 + Duration::from_millis(150), c));
@@ -91,13 +114,42 @@ mod tests {
     #[test]
     fn zero_means_unlimited_and_prune_forgets_idle_clients() {
         let t0 = Instant::now();
-        let mut off = RateLimiter::new(0);
+        let mut off = RateLimiter::new(0, 16);
         assert!((0..10_000).all(|_| off.allow(t0, IpAddr::from([127, 0, 0, 1]))));
-        let mut rl = RateLimiter::new(1);
+        let mut rl = RateLimiter::new(1, 16);
         rl.allow(t0, IpAddr::from([10, 0, 0, 1]));
         rl.prune(t0 + Duration::from_millis(500));
         assert_eq!(rl.tracked(), 1);
         rl.prune(t0 + Duration::from_secs(2));
         assert_eq!(rl.tracked(), 0);
+    }
+
+    #[test]
+    fn tracked_clients_are_capped_and_the_longest_idle_is_evicted() {
+        let t0 = Instant::now();
+        let ip = |n: u8| IpAddr::from([192, 168, 1, n]);
+        let mut rl = RateLimiter::new(1, 3);
+        for n in 1..=3 {
+            assert!(rl.allow(t0 + Duration::from_millis(u64::from(n) * 10), ip(n)));
+        }
+        assert!(
+            !rl.allow(t0 + Duration::from_millis(50), ip(2)),
+            "2 is empty"
+        );
+        // A fourth client: the map stays at 3, and the longest idle (1) goes.
+        assert!(rl.allow(t0 + Duration::from_millis(100), ip(4)));
+        assert_eq!(rl.tracked(), 3);
+        assert!(!rl.buckets.contains_key(&ip(1)));
+        // 2 was used more recently than 3 was, so 3 goes next; 2 stays limited.
+        assert!(rl.allow(t0 + Duration::from_millis(110), ip(5)));
+        assert!(!rl.buckets.contains_key(&ip(3)));
+        assert!(!rl.allow(t0 + Duration::from_millis(120), ip(2)));
+        assert_eq!(rl.tracked(), 3);
+        // A flood from a whole /16 never grows it beyond the cap.
+        for n in 0..=u16::MAX {
+            let [a, b] = n.to_be_bytes();
+            rl.allow(t0 + Duration::from_millis(200), IpAddr::from([10, 0, a, b]));
+        }
+        assert_eq!(rl.tracked(), 3);
     }
 }

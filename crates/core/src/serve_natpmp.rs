@@ -119,9 +119,10 @@ impl Gateway {
                 match r {
                     Refusal::NotAuthorized | Refusal::NonceMismatch => ResultCode::NOT_AUTHORIZED,
                     Refusal::NetworkFailure => ResultCode::NETWORK_FAILURE,
-                    Refusal::Quota | Refusal::NoPorts | Refusal::CannotProvide => {
-                        ResultCode::OUT_OF_RESOURCES
-                    }
+                    Refusal::Quota
+                    | Refusal::TableFull
+                    | Refusal::NoPorts
+                    | Refusal::CannotProvide => ResultCode::OUT_OF_RESOURCES,
                 },
                 0,
                 0,

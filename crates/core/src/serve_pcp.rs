@@ -24,7 +24,7 @@ fn result_of(r: Refusal) -> ResultCode {
     match r {
         Refusal::NotAuthorized | Refusal::NonceMismatch => ResultCode::NOT_AUTHORIZED,
         Refusal::Quota => ResultCode::USER_EX_QUOTA,
-        Refusal::NoPorts => ResultCode::NO_RESOURCES,
+        Refusal::NoPorts | Refusal::TableFull => ResultCode::NO_RESOURCES,
         Refusal::NetworkFailure => ResultCode::NETWORK_FAILURE,
         Refusal::CannotProvide => ResultCode::CANNOT_PROVIDE_EXTERNAL,
     }

@@ -111,6 +111,8 @@ impl Mapping {
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
+    /// Insertion order, for "oldest first" when a lowered quota closes mappings.
+    seq: u64,
     external_port: u16,
     expires: Instant,
     origin: Origin,
@@ -127,6 +129,7 @@ pub(crate) struct MappingTable {
     by_external: HashMap<(Protocol, u16), MappingKey>,
     per_client: HashMap<IpAddr, u32>,
     expiry: BTreeSet<(Instant, MappingKey)>,
+    next_seq: u64,
 }
 
 impl MappingTable {
@@ -168,9 +171,11 @@ impl MappingTable {
             self.by_external
                 .insert((m.key.protocol, m.external_port), m.key);
         }
+        self.next_seq += 1;
         self.by_key.insert(
             m.key,
             Entry {
+                seq: self.next_seq,
                 external_port: m.external_port,
                 expires: m.expires,
                 origin: m.origin,
@@ -225,6 +230,14 @@ impl MappingTable {
             .filter(|k| k.client == client && protocol.is_none_or(|p| k.protocol == p))
             .copied()
             .collect()
+    }
+
+    /// Every key, the longest-held mapping first (renewals do not make one younger).
+    pub(crate) fn keys_oldest_first(&self) -> Vec<MappingKey> {
+        let mut keys: Vec<(u64, MappingKey)> =
+            self.by_key.iter().map(|(k, e)| (e.seq, *k)).collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|(_, k)| k).collect()
     }
 
     pub(crate) fn next_expiry(&self) -> Option<Instant> {

@@ -524,6 +524,78 @@ fn per_client_quota_gives_out_of_resources() {
 }
 
 #[test]
+fn global_cap_gives_out_of_resources_whoever_asks() {
+    let mut p = policy();
+    p.max_total = 3;
+    p.requests_per_second_per_client = 0;
+    let mut h = Harness::new(p);
+    for port in [8080, 8081, 8082] {
+        assert_eq!(h.map(port, port, 7200).0, ResultCode::SUCCESS);
+    }
+    // One host filled the table; another host gets "out of resources" too.
+    match h.map_from(HOST2, Protocol::Tcp, 9000, 9000, 7200) {
+        Response::Map(m) => assert_eq!(
+            (m.result, m.external_port),
+            (ResultCode::OUT_OF_RESOURCES, 0)
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.forwards().len(), 3);
+    // Renewing is not a new mapping; and once one goes, there is room again.
+    assert_eq!(h.map(8080, 8080, 7200).0, ResultCode::SUCCESS);
+    assert_eq!(h.map(8081, 8081, 0).0, ResultCode::SUCCESS);
+    match h.map_from(HOST2, Protocol::Tcp, 9000, 9000, 7200) {
+        Response::Map(m) => assert_eq!(m.result, ResultCode::SUCCESS),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn reload_with_a_lowered_quota_closes_the_oldest_mappings_beyond_it() {
+    let mut p = policy();
+    p.requests_per_second_per_client = 0;
+    let mut h = Harness::new(p.clone());
+    for port in [8080, 8081, 8082, 8083] {
+        assert_eq!(h.map(port, port, 7200).0, ResultCode::SUCCESS);
+        h.advance(1);
+    }
+    // A renewal does not make the first one younger.
+    assert_eq!(h.map(8080, 8080, 7200).0, ResultCode::SUCCESS);
+    h.map_from(HOST2, Protocol::Tcp, 9000, 9000, 7200);
+    p.max_per_client = 2;
+    let mut changes = Vec::new();
+    h.gw.set_policy(p.clone(), &mut changes);
+    h.apply(changes);
+    assert_eq!(
+        h.forwards(),
+        [
+            fwd(HOST, Protocol::Tcp, 8082, 8082),
+            fwd(HOST, Protocol::Tcp, 8083, 8083),
+            fwd(HOST2, Protocol::Tcp, 9000, 9000),
+        ]
+        .into_iter()
+        .collect()
+    );
+    assert_eq!(
+        h.kernel,
+        h.forwards(),
+        "the kernel lost the closed forwards too"
+    );
+    // A lowered global cap likewise keeps the newest.
+    p.max_total = 1;
+    let mut changes = Vec::new();
+    h.gw.set_policy(p, &mut changes);
+    h.apply(changes);
+    assert_eq!(
+        h.forwards(),
+        [fwd(HOST2, Protocol::Tcp, 9000, 9000)]
+            .into_iter()
+            .collect()
+    );
+    assert_eq!(h.kernel, h.forwards());
+}
+
+#[test]
 fn exhausted_port_range_gives_out_of_resources() {
     let mut p = policy();
     p.rules = vec![Rule {
@@ -1221,6 +1293,15 @@ mod pcp_tests {
         assert_eq!(
             (r.result, r.lifetime),
             (Pcp::USER_EX_QUOTA, pcp::SHORT_ERROR_LIFETIME)
+        );
+        let mut full = policy();
+        full.max_total = 1;
+        let mut g = Harness::new(full);
+        g.pcp(lan(HOST), &map(HOST.into(), 6, 8080, 8080, 3600));
+        let r = g.pcp(lan(HOST2), &map(HOST2.into(), 6, 8081, 8081, 3600));
+        assert_eq!(
+            (r.result, r.lifetime),
+            (Pcp::NO_RESOURCES, pcp::SHORT_ERROR_LIFETIME)
         );
         let r = h.pcp(lan(HOST), &map(HOST.into(), 132, 8081, 8081, 3600));
         assert_eq!(r.result, Pcp::UNSUPP_PROTOCOL);

@@ -58,6 +58,12 @@ pub struct InterfacesConfig {
     /// Client ranges allowed beyond the internal subnets (routed LANs).
     #[serde(default)]
     pub allowed_client_ranges: Vec<String>,
+    /// The external interface really has only private or shared (RFC 1918, RFC 6598
+    /// 100.64/10) addresses while an internal one holds a public address, e.g. a
+    /// router behind a carrier NAT serving a public LAN. Without it that layout is
+    /// refused as swapped interfaces.
+    #[serde(default)]
+    pub allow_private_external: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +94,8 @@ pub struct MappingsConfig {
     pub min_lifetime: u32,
     pub max_lifetime: u32,
     pub max_per_client: u32,
+    /// Mappings of all LAN hosts together.
+    pub max_total: u32,
     pub requests_per_second_per_client: u32,
 }
 
@@ -97,6 +105,7 @@ impl Default for MappingsConfig {
             min_lifetime: 120,
             max_lifetime: 86400,
             max_per_client: 128,
+            max_total: 16384,
             requests_per_second_per_client: 20,
         }
     }
@@ -221,6 +230,16 @@ pub fn load_settings(path: &Path) -> anyhow::Result<Settings> {
             list.join("\n")
         )
     })
+}
+
+/// What `check-config` says of a config that was not refused: "safe" only when
+/// nothing at all was worth a warning.
+pub fn verdict(warnings: &[String]) -> &'static str {
+    if warnings.is_empty() {
+        "configuration is valid and safe"
+    } else {
+        "configuration is valid, with warnings (read them above)"
+    }
 }
 
 pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
@@ -372,6 +391,31 @@ pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<P
         });
     }
 
+    // Swapped interfaces without a default route to give them away (e.g. the uplink
+    // not yet up): the "external" side has only private or shared addresses while an
+    // "internal" one holds a public address.
+    let external_private =
+        !external_nets.is_empty() && external_nets.iter().all(|n| is_private_or_shared(n.addr()));
+    if external_private && !ifs.allow_private_external {
+        for (i, name) in ifs.internal.iter().enumerate() {
+            let public = facts
+                .interface(name)
+                .filter(|_| *name != ifs.external)
+                .and_then(|iface| iface.addresses.iter().find(|n| is_public(n.addr())));
+            if let Some(net) = public {
+                problems.push(problem(
+                    &format!("interfaces.internal[{i}]"),
+                    format!(
+                        "`{name}` holds the public address {net} while the external interface `{}` has only private or shared addresses ({}): the interfaces look swapped",
+                        ifs.external,
+                        external_nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                    "swap interfaces.external and interfaces.internal, or, if this really is intended (an uplink behind a carrier NAT serving a public LAN), set `allow_private_external = true` under [interfaces]",
+                ));
+            }
+        }
+    }
+
     for (i, addr) in ifs.listen_addresses.iter().enumerate() {
         let key = format!("interfaces.listen_addresses[{i}]");
         let on_external =
@@ -446,6 +490,13 @@ pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<P
             "e.g. min_lifetime = 120, max_lifetime = 86400",
         ));
     }
+    if m.max_total == 0 {
+        problems.push(problem(
+            "mappings.max_total",
+            "0 would refuse every mapping",
+            "set a cap such as 16384",
+        ));
+    }
     if m.max_per_client == 0 {
         problems.push(problem(
             "mappings.max_per_client",
@@ -457,7 +508,16 @@ pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<P
     let mut rules = Vec::new();
     for (i, r) in cfg.rules.iter().enumerate() {
         match parse_rule(r) {
-            Ok(rule) => rules.push(rule),
+            Ok(rule) => {
+                if let Some(why) = rule_outside_the_lan(&rule, &internal, &extra, &external_nets6) {
+                    problems.push(problem(
+                        &format!("rule[{i}].internal_addresses"),
+                        format!("{} {why}: the interfaces or the rule look swapped", rule.internal_addresses),
+                        "name the LAN hosts the rule is for (a prefix inside an internal subnet), and check that interfaces.external is the WAN side",
+                    ));
+                }
+                rules.push(rule)
+            }
             Err((field, msg, fix)) => {
                 problems.push(problem(&format!("rule[{i}].{field}"), msg, fix))
             }
@@ -487,6 +547,7 @@ pub fn validate(cfg: &FileConfig, facts: &SystemFacts) -> Result<Settings, Vec<P
     policy.min_lifetime = m.min_lifetime;
     policy.max_lifetime = m.max_lifetime;
     policy.max_per_client = m.max_per_client;
+    policy.max_total = m.max_total;
     policy.requests_per_second_per_client = m.requests_per_second_per_client;
     policy.rules = rules;
     policy.nat_pmp = cfg.protocols.nat_pmp;
@@ -539,6 +600,35 @@ fn parse_rule(r: &RuleConfig) -> Result<Rule, RuleError> {
         )?,
         internal_ports: ports("internal_ports", &r.internal_ports)?,
     })
+}
+
+/// Why a rule's `internal_addresses` cannot be meant for this LAN, if so. An IPv4 rule
+/// must reach an internal subnet or an allowed client range. IPv6 prefixes are
+/// followed and may arrive after start-up, so an IPv6 rule is refused only when it lies
+/// inside the external interface's own prefix.
+fn rule_outside_the_lan(
+    rule: &Rule,
+    internal: &[InternalInterface],
+    extra: &[Ipv4Net],
+    external6: &[Ipv6Net],
+) -> Option<&'static str> {
+    match rule.internal_addresses {
+        IpNet::V4(net) => {
+            let reaches = internal.iter().any(|i| i.net.overlaps(&net))
+                || extra.iter().any(|e| e.overlaps(&net));
+            (!reaches).then_some("lies outside every internal subnet")
+        }
+        IpNet::V6(net) => external6
+            .iter()
+            .any(|e| e.prefix_len() <= net.prefix_len() && e.overlaps(&net))
+            .then_some("lies inside the external interface's IPv6 prefix"),
+    }
+}
+
+/// RFC 1918 private or RFC 6598 shared (carrier-grade NAT, 100.64.0.0/10).
+fn is_private_or_shared(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    a.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64)
 }
 
 /// Not private, shared, loopback, link-local, documentation or otherwise reserved.
@@ -652,6 +742,9 @@ mod tests {
         assert_eq!(s.policy.internal[0].index, 3);
         assert_eq!(s.policy.external_index, 2);
         assert_eq!(s.backend, BackendKind::Nftables);
+        assert_eq!(s.policy.max_total, 16384);
+        assert_eq!(s.policy.max_per_client, 128);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
     }
 
     #[test]
@@ -760,6 +853,103 @@ mod tests {
             s.warnings.iter().any(|w| w.contains("public address")),
             "{:?}",
             s.warnings
+        );
+    }
+
+    /// The lab with a public WAN (45.45.45.7) and no default route, e.g. before the
+    /// uplink's DHCP lease: the default-route check cannot catch swapped interfaces.
+    fn public_wan_without_default_route() -> SystemFacts {
+        let mut f = facts();
+        f.interfaces[1].addresses = vec![net("45.45.45.7/24")];
+        f.default_route_interfaces.clear();
+        f
+    }
+
+    #[test]
+    fn refuses_swapped_interfaces_without_a_default_route_naming_the_override() {
+        let f = public_wan_without_default_route();
+        let cfg =
+            parse("[interfaces]\nexternal = \"br-lan\"\ninternal = [\"eth0\"]\n").expect("toml");
+        let p = refused(&cfg, &f);
+        let swap = p
+            .iter()
+            .find(|p| p.key == "interfaces.internal[0]" && p.message.contains("look swapped"))
+            .unwrap_or_else(|| panic!("{p:?}"));
+        assert!(swap.message.contains("45.45.45.7"), "{swap:?}");
+        assert!(
+            swap.fix.contains("allow_private_external = true"),
+            "{swap:?}"
+        );
+    }
+
+    #[test]
+    fn private_external_with_a_public_lan_is_accepted_when_said_to_be_intended() {
+        // A router behind a carrier NAT (100.64/10 uplink) serving a public /24.
+        let mut f = facts();
+        f.interfaces[1].addresses = vec![net("100.64.3.2/10")];
+        f.interfaces[2].addresses = vec![net("45.45.46.1/24")];
+        let rule = "[[rule]]\naction = \"allow\"\nexternal_ports = \"1024-65535\"\ninternal_addresses = \"45.45.46.0/24\"\ninternal_ports = \"1024-65535\"\n";
+        let p = refused(&config(rule), &f);
+        assert!(
+            p.iter().any(|p| p.fix.contains("allow_private_external")),
+            "{p:?}"
+        );
+        let s = validate(
+            &config(&format!("allow_private_external = true\n{rule}")),
+            &f,
+        )
+        .expect("intended, so allowed");
+        assert!(
+            !s.warnings.is_empty(),
+            "the public LAN address is still a warning"
+        );
+        assert_eq!(
+            verdict(&s.warnings),
+            "configuration is valid, with warnings (read them above)"
+        );
+        // Both sides private is the ordinary home router: no refusal, no override needed.
+        let mut f = facts();
+        f.interfaces[1].addresses = vec![net("10.0.0.2/24")];
+        validate(&config(""), &f).expect("private WAN, private LAN");
+    }
+
+    #[test]
+    fn refuses_a_rule_for_hosts_outside_every_internal_subnet_as_a_likely_swap() {
+        let rule = |prefix: &str| {
+            config(&format!("[[rule]]\naction = \"allow\"\nexternal_ports = \"1024-65535\"\ninternal_addresses = \"{prefix}\"\ninternal_ports = \"1024-65535\"\n"))
+        };
+        let p = refused(&rule("198.51.100.0/24"), &facts());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "rule[0].internal_addresses");
+        assert!(
+            p[0].message.contains("outside every internal subnet"),
+            "{p:?}"
+        );
+        refused(&rule("10.9.0.0/16"), &facts());
+        validate(&rule("192.168.1.0/24"), &facts()).expect("the LAN");
+        validate(&rule("192.168.1.64/26"), &facts()).expect("part of the LAN");
+        validate(&rule("0.0.0.0/0"), &facts()).expect("everything includes the LAN");
+        // A routed LAN named in allowed_client_ranges is a LAN too.
+        let routed = config("allowed_client_ranges = [\"10.20.0.0/16\"]\n[[rule]]\naction = \"allow\"\nexternal_ports = \"1024-65535\"\ninternal_addresses = \"10.20.5.0/24\"\ninternal_ports = \"1024-65535\"\n");
+        validate(&routed, &facts()).expect("a routed LAN");
+        // IPv6: refused inside the WAN's prefix; a LAN prefix may arrive later.
+        let mut f = facts();
+        f.interfaces[1].addresses6 = vec![net6("2001:db8:100::7/64")];
+        let p = refused(&rule("2001:db8:100::/64"), &f);
+        assert!(
+            p[0].message.contains("external interface's IPv6 prefix"),
+            "{p:?}"
+        );
+        validate(&rule("2001:db8:1::/64"), &f).expect("a LAN prefix, followed");
+    }
+
+    #[test]
+    fn check_config_says_safe_only_without_warnings() {
+        assert_eq!(verdict(&[]), "configuration is valid and safe");
+        let v = verdict(&["x".into()]);
+        assert!(
+            v.contains("valid, with warnings") && !v.contains("safe"),
+            "{v}"
         );
     }
 

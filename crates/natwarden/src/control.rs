@@ -1,22 +1,25 @@
 //! The control socket: a Unix stream socket that only root (or a configured group) can
 //! open. One request line in, one JSON document out; `natwarden status` is its client.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use natwarden_wire::Protocol;
 use serde::{Deserialize, Serialize};
+
+use tracing::{info, warn};
 
 use crate::state::protocol_from;
 
 pub const DEFAULT_SOCKET: &str = "/run/natwarden/control.sock";
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_REQUEST: u64 = 4096;
+const MAX_REQUEST: usize = 4096;
 
 /// What the admin asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,11 +81,43 @@ impl Request {
     }
 }
 
-/// The listening socket, owned by the daemon.
+/// How long one connection may take, from accept to the last byte of the reply. A
+/// client that trickles its request or never reads the reply is dropped after this;
+/// the daemon never waits for it (every socket is non-blocking).
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(3);
+/// Connections served at once; beyond this, new ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16;
+/// After a failing accept (EMFILE, ENFILE, ENOBUFS...), the listener is left alone
+/// this long instead of being retried on every wake-up (which would spin the loop).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
+const LISTENER: u64 = u64::MAX;
+
+/// Identifies a connection whose request is waiting for [`ControlServer::reply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionId(u64);
+
+struct Connection {
+    stream: UnixStream,
+    deadline: Instant,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    sent: usize,
+    /// The request was read (and handed out): now only the reply is written.
+    replying: bool,
+}
+
+/// The listening socket and its connections, owned by the daemon. Everything is
+/// driven by one epoll instance whose fd the daemon polls with its other fds.
 pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
     group: Option<u32>,
+    epoll: OwnedFd,
+    connections: HashMap<u64, Connection>,
+    /// Whether the listener is registered with the epoll instance (it is taken out
+    /// while accepting fails or all connection slots are busy).
+    listening: bool,
+    accept_paused_until: Option<Instant>,
 }
 
 impl ControlServer {
@@ -109,34 +144,274 @@ impl ControlServer {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
         }
         listener.set_nonblocking(true)?;
-        Ok(ControlServer {
+        // SAFETY: epoll_create1 has no preconditions; the fd is checked, then owned.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut server = ControlServer {
             listener,
             path: path.to_path_buf(),
             group,
-        })
-    }
-
-    pub fn raw_fd(&self) -> std::os::fd::RawFd {
-        self.listener.as_raw_fd()
-    }
-
-    /// The next waiting connection, if its peer may use the socket (root, our own user,
-    /// or the configured group: checked with SO_PEERCRED as well as the file mode).
-    pub fn accept(&self) -> Option<(UnixStream, Option<Request>)> {
-        let (stream, _) = self.listener.accept().ok()?;
-        if !self.peer_allowed(&stream) {
-            return None;
-        }
-        stream.set_nonblocking(false).ok()?;
-        stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
-        stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
-        let mut line = String::new();
-        let mut reader = BufReader::new((&stream).take(MAX_REQUEST));
-        let request = match reader.read_line(&mut line) {
-            Ok(_) => serde_json::from_str(line.trim()).ok(),
-            Err(_) => None,
+            epoll,
+            connections: HashMap::new(),
+            listening: false,
+            accept_paused_until: None,
         };
-        Some((stream, request))
+        server.listen(true)?;
+        Ok(server)
+    }
+
+    /// The fd to poll for readability: the epoll instance, ready whenever the listener
+    /// or a connection is.
+    pub fn raw_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    /// When [`ControlServer::service`] must run even if nothing became ready: a
+    /// connection's deadline, or the end of an accept back-off.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.connections
+            .values()
+            .map(|c| c.deadline)
+            .chain(self.accept_paused_until)
+            .min()
+    }
+
+    /// Does whatever I/O is possible without blocking: drops connections past their
+    /// deadline, accepts, reads requests and writes replies. Returns the requests read
+    /// completely (`None`: unreadable), each to be answered with [`ControlServer::reply`].
+    pub fn service(&mut self, now: Instant) -> Vec<(ConnectionId, Option<Request>)> {
+        self.expire(now);
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+        }
+        self.update_listening();
+        let mut ready = Vec::new();
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
+        // SAFETY: `events` is a live array of 32 epoll_event; timeout 0 never blocks.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                0,
+            )
+        };
+        for e in events.iter().take(usize::try_from(n).unwrap_or(0)) {
+            let (token, flags) = (e.u64, e.events);
+            if token == LISTENER {
+                self.accept_all(now);
+            } else {
+                self.progress(token, flags, &mut ready);
+            }
+        }
+        self.update_listening();
+        ready
+    }
+
+    /// Queues `body` as the answer to `id` and writes as much as the socket takes now;
+    /// the rest goes out as the client reads, within its deadline.
+    pub fn reply(&mut self, id: ConnectionId, body: &serde_json::Value) {
+        let Some(c) = self.connections.get_mut(&id.0) else {
+            return;
+        };
+        c.output.clear();
+        if serde_json::to_writer(&mut c.output, body).is_err() {
+            self.close(id.0);
+            return;
+        }
+        c.output.push(b'\n');
+        c.sent = 0;
+        self.flush(id.0);
+        if self.connections.contains_key(&id.0) {
+            // Wait for room in the socket buffer, no longer for input.
+            let _ = self.epoll_ctl(libc::EPOLL_CTL_MOD, id.0, libc::EPOLLOUT as u32);
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            let what = match self.connections.get(&token) {
+                Some(c) if c.replying => "its reply was not read",
+                _ => "no complete request arrived",
+            };
+            info!(
+                "control connection dropped: {what} within {} s",
+                CONNECTION_DEADLINE.as_secs()
+            );
+            self.close(token);
+        }
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        while self.connections.len() < MAX_CONNECTIONS {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.raw_os_error() == Some(libc::ECONNABORTED) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    // EMFILE and friends leave the connection in the backlog, so the
+                    // listener stays readable: stop watching it for a while.
+                    warn!(
+                        "accepting a control connection failed: {e}; pausing the control socket for {} ms",
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    self.update_listening();
+                    return;
+                }
+            };
+            if !self.peer_allowed(&stream) || stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let token = stream.as_raw_fd() as u64;
+            if self
+                .epoll_ctl(libc::EPOLL_CTL_ADD, token, libc::EPOLLIN as u32)
+                .is_err()
+            {
+                continue;
+            }
+            self.connections.insert(
+                token,
+                Connection {
+                    stream,
+                    deadline: now + CONNECTION_DEADLINE,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    sent: 0,
+                    replying: false,
+                },
+            );
+        }
+    }
+
+    /// Reads what a connection has sent, or writes what it can take of its reply.
+    fn progress(
+        &mut self,
+        token: u64,
+        flags: u32,
+        ready: &mut Vec<(ConnectionId, Option<Request>)>,
+    ) {
+        let Some(c) = self.connections.get_mut(&token) else {
+            return;
+        };
+        if c.replying {
+            if flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
+                self.close(token);
+            } else {
+                self.flush(token);
+            }
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        let complete = loop {
+            match (&c.stream).read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    c.input.extend_from_slice(&buf[..n]);
+                    if c.input.contains(&b'\n') || c.input.len() >= MAX_REQUEST {
+                        break true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close(token);
+                    return;
+                }
+            }
+        };
+        if !complete {
+            return;
+        }
+        c.replying = true;
+        let line = c.input.split(|&b| b == b'\n').next().unwrap_or(&[]);
+        let request = std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| serde_json::from_str(l.trim()).ok());
+        // Nothing more is read; wait for the daemon's answer.
+        let _ = self.epoll_ctl(libc::EPOLL_CTL_MOD, token, 0);
+        ready.push((ConnectionId(token), request));
+    }
+
+    fn flush(&mut self, token: u64) {
+        let Some(c) = self.connections.get_mut(&token) else {
+            return;
+        };
+        while c.sent < c.output.len() {
+            match (&c.stream).write(&c.output[c.sent..]) {
+                Ok(0) => break,
+                Ok(n) => c.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        // All written, or the peer is gone.
+        self.close(token);
+    }
+
+    fn close(&mut self, token: u64) {
+        if let Some(c) = self.connections.remove(&token) {
+            // Before the fd closes, so the number cannot be reused under epoll.
+            let _ = self.epoll_ctl(libc::EPOLL_CTL_DEL, token, 0);
+            drop(c);
+        }
+    }
+
+    /// Watches the listener only while a connection could be accepted.
+    fn update_listening(&mut self) {
+        let want = self.accept_paused_until.is_none() && self.connections.len() < MAX_CONNECTIONS;
+        if want != self.listening {
+            let _ = self.listen(want);
+        }
+    }
+
+    fn listen(&mut self, on: bool) -> io::Result<()> {
+        let fd = self.listener.as_raw_fd();
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: LISTENER,
+        };
+        let op = if on {
+            libc::EPOLL_CTL_ADD
+        } else {
+            libc::EPOLL_CTL_DEL
+        };
+        // SAFETY: valid epoll and listener fds; `ev` lives across the call.
+        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.listening = on;
+        Ok(())
+    }
+
+    fn epoll_ctl(&self, op: libc::c_int, token: u64, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // The token of a connection is its fd.
+        let fd = token as RawFd;
+        // SAFETY: valid epoll fd; `fd` belongs to a live connection; `ev` lives across
+        // the call.
+        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn peer_allowed(&self, stream: &UnixStream) -> bool {
@@ -162,11 +437,6 @@ impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-pub fn respond(mut stream: UnixStream, body: &serde_json::Value) {
-    let _ = serde_json::to_writer(&mut stream, body);
-    let _ = stream.write_all(b"\n");
 }
 
 /// The client side: one request, one JSON answer.

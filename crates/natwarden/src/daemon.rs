@@ -214,9 +214,12 @@ impl Daemon {
             self.gateway.handle_timeout(now, &mut self.changes);
             self.commit()?;
             self.announce(now);
-            let timeout = self
-                .gateway
-                .poll_timeout()
+            // The control socket's deadlines wake the loop too: a stalled admin
+            // connection is dropped on time, never waited for.
+            let timeout = [self.gateway.poll_timeout(), self.control.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(|t| t.saturating_duration_since(now));
             let sock6_fd = self.socket6.as_ref().map_or(-1, |s| s.raw_fd());
             let [sock, sock6, sig, ctl, mon] = poll_readable(
@@ -244,7 +247,12 @@ impl Daemon {
             if mon && self.monitor.drain() {
                 self.follow_addresses()?;
             }
-            if ctl {
+            if ctl
+                || self
+                    .control
+                    .next_deadline()
+                    .is_some_and(|t| t <= Instant::now())
+            {
                 self.serve_control()?;
             }
             if sock || sock6 {
@@ -533,11 +541,9 @@ impl Daemon {
     }
 
     fn serve_control(&mut self) -> anyhow::Result<()> {
-        // A bounded number per wake-up: admin queries never starve the LAN.
-        for _ in 0..8 {
-            let Some((stream, request)) = self.control.accept() else {
-                return Ok(());
-            };
+        // Non-blocking throughout, a bounded number of connections with a deadline
+        // each: admin queries never starve or stall the LAN.
+        for (id, request) in self.control.service(Instant::now()) {
             let body = match request {
                 Some(control::Request::Status) => {
                     status::to_json(&self.gateway, &self.settings, Instant::now())
@@ -559,19 +565,22 @@ impl Daemon {
                 },
                 None => serde_json::json!({ "error": "unreadable request" }),
             };
-            control::respond(stream, &body);
+            self.control.reply(id, &body);
         }
         Ok(())
     }
 }
 
 fn saved(m: &Mapping, clock: Clock) -> SavedMapping {
+    let left = m.expires.saturating_duration_since(clock.mono);
     SavedMapping {
         client: m.key.client,
         protocol: m.key.protocol.name().into(),
         internal_port: m.key.internal_port,
         external_port: m.external_port,
         expires_ms: clock.wall_ms_of(m.expires),
+        written_ms: Some(clock.wall_ms),
+        remaining_ms: Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
         origin: m.origin.name().into(),
         nonce: m.nonce.as_ref().map(state::nonce_hex),
         inbound: m.inbound,
@@ -618,8 +627,9 @@ fn restore(gateway: &mut Gateway, settings: &Settings, clock: Clock) -> u64 {
         let (Some(key), Some(origin), Ok(nonce)) = (s.key(), s.origin(), s.nonce()) else {
             continue;
         };
-        let Some(left) = s.expires_ms.checked_sub(clock.wall_ms).filter(|&l| l > 0) else {
-            continue; // expired while the daemon was down
+        // Downtime counts; a wall clock that went back does not extend anything.
+        let Some(left) = s.remaining_at(clock.wall_ms) else {
+            continue; // expired while the daemon was down: not restored, not installed
         };
         let m = Mapping {
             key,
@@ -630,7 +640,7 @@ fn restore(gateway: &mut Gateway, settings: &Settings, clock: Clock) -> u64 {
             inbound: s.inbound,
             outbound: s.outbound,
         };
-        match gateway.restore(clock.mono, m, Duration::from_millis(left)) {
+        match gateway.restore(clock.mono, m, left) {
             Ok(()) => restored += 1,
             Err(e) => {
                 warn!(client = %s.client, port = s.internal_port, "not restoring a saved mapping: {e}")

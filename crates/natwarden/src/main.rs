@@ -124,7 +124,7 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     for w in &s.warnings {
         println!("warning: {w}");
     }
-    println!("{}: configuration is valid and safe", path.display());
+    println!("{}: {}", path.display(), config::verdict(&s.warnings));
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use natwarden_core::{MappingKey, Nonce, Origin};
 use natwarden_wire::Protocol;
@@ -46,7 +46,16 @@ pub struct SavedMapping {
     pub protocol: String,
     pub internal_port: u16,
     pub external_port: u16,
+    /// Wall-clock expiry, as granted.
     pub expires_ms: u64,
+    /// Wall-clock time this record was written, and the lifetime the mapping had left
+    /// then (measured on the monotonic clock). Together they bound the lifetime after
+    /// a restart even if the wall clock moved back meanwhile. Absent in files written
+    /// before they existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_ms: Option<u64>,
     pub origin: String,
     /// PCP's mapping nonce, hex; absent for NAT-PMP mappings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,6 +96,24 @@ impl SavedMapping {
 
     pub fn origin(&self) -> Option<Origin> {
         Origin::from_name(&self.origin)
+    }
+
+    /// The lifetime left at wall-clock `now_ms`, or `None` when it ran out (while the
+    /// daemon was down, say). The time since the record was written counts as
+    /// downtime, but never less than zero: a wall clock that went back cannot give a
+    /// mapping more than it had left when written, nor more than its granted expiry.
+    pub fn remaining_at(&self, now_ms: u64) -> Option<Duration> {
+        let by_expiry = self.expires_ms.checked_sub(now_ms);
+        let by_record = match (self.written_ms, self.remaining_ms) {
+            (Some(written), Some(left)) => {
+                let downtime = now_ms.saturating_sub(written);
+                left.checked_sub(downtime)
+            }
+            // An older file: the expiry alone (the core caps it at max_lifetime).
+            _ => by_expiry,
+        };
+        let left = by_expiry?.min(by_record?);
+        (left > 0).then(|| Duration::from_millis(left))
     }
 
     /// The nonce, `Ok(None)` when there is none, `Err` when it is garbled.
@@ -322,6 +349,8 @@ mod tests {
             internal_port: port,
             external_port: port,
             expires_ms,
+            written_ms: None,
+            remaining_ms: None,
             origin: "nat-pmp".into(),
             nonce: None,
             inbound: true,
@@ -391,6 +420,66 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let _ = fs::remove_dir_all(&d);
+    }
+
+    /// A mapping granted 600 s at wall-clock second 1,000,000, as the daemon writes it.
+    fn granted_600s_at(written_s: u64) -> SavedMapping {
+        SavedMapping {
+            written_ms: Some(written_s * 1000),
+            remaining_ms: Some(600_000),
+            ..saved(8080, (written_s + 600) * 1000)
+        }
+    }
+
+    /// Writes `m` to a journal and reads it back, as a restart does.
+    fn through_the_file(m: SavedMapping) -> SavedMapping {
+        let d = dir();
+        let path = d.join("state.json");
+        Journal::create(&path, 1, &[m]).expect("create");
+        let back = match load(&path) {
+            Loaded::Restored { mut mappings, .. } => mappings.remove(0),
+            other => panic!("{other:?}"),
+        };
+        let _ = fs::remove_dir_all(&d);
+        back
+    }
+
+    #[test]
+    fn restart_after_100_s_of_downtime_restores_the_lifetime_less_100_s() {
+        let m = through_the_file(granted_600s_at(1_000_000));
+        assert_eq!(
+            m.remaining_at(1_000_100_000),
+            Some(Duration::from_secs(500))
+        );
+    }
+
+    #[test]
+    fn restart_after_downtime_longer_than_the_lifetime_restores_nothing() {
+        let m = through_the_file(granted_600s_at(1_000_000));
+        assert_eq!(m.remaining_at(1_000_600_000), None);
+        assert_eq!(m.remaining_at(1_003_600_000), None);
+    }
+
+    #[test]
+    fn a_wall_clock_that_went_back_never_extends_a_lease() {
+        let m = through_the_file(granted_600s_at(1_000_000));
+        // An hour back: no downtime is counted, and no more than was left is granted.
+        assert_eq!(m.remaining_at(996_400_000), Some(Duration::from_secs(600)));
+        // Back to before the epoch of Unix time itself, same.
+        assert_eq!(m.remaining_at(0), Some(Duration::from_secs(600)));
+        // A record whose expiry says less than its remaining lifetime: the smaller wins.
+        let odd = SavedMapping {
+            expires_ms: 1_000_060_000,
+            ..granted_600s_at(1_000_000)
+        };
+        assert_eq!(
+            odd.remaining_at(1_000_000_000),
+            Some(Duration::from_secs(60))
+        );
+        // A file from before `written_ms` existed: the expiry alone.
+        let old = saved(1, 2_000);
+        assert_eq!(old.remaining_at(1_500), Some(Duration::from_millis(500)));
+        assert_eq!(old.remaining_at(2_000), None);
     }
 
     #[test]

@@ -248,6 +248,11 @@ fn check_config_refuses_every_unsafe_layout_naming_the_key() {
     }
     let ok = lab.natwarden(&["check-config", "--config", EXAMPLE_CONFIG]);
     assert!(ok.status.success(), "{}", all_output(&ok));
+    assert!(
+        stdout(&ok).contains("valid and safe"),
+        "{}",
+        all_output(&ok)
+    );
 
     /// (name, edits of the example config, key named in the refusal, words of the refusal)
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
@@ -327,6 +332,12 @@ fn check_config_refuses_every_unsafe_layout_naming_the_key() {
     assert!(o.status.success(), "{}", all_output(&o));
     assert!(
         stdout(&o).contains("warning:") && stdout(&o).contains("public address"),
+        "{}",
+        all_output(&o)
+    );
+    // Never "safe" after a warning.
+    assert!(
+        stdout(&o).contains("valid, with warnings") && !stdout(&o).contains("safe"),
         "{}",
         all_output(&o)
     );

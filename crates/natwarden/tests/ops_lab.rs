@@ -466,3 +466,281 @@ fn status_shows_the_table_deletes_on_request_and_is_root_only() {
         "{bnd}"
     );
 }
+
+#[test]
+fn swapped_interfaces_are_refused_without_a_default_route_unless_said_to_be_intended() {
+    if !require_root() {
+        return;
+    }
+    // A public WAN address, and no default route (the uplink's lease not yet there):
+    // the default-route check has nothing to go on.
+    let lab = Lab::up_public_wan();
+    let o = lab.run(Host::Gw, 5, &["ip", "route", "del", "default"]);
+    assert!(o.status.success(), "{}", all_output(&o));
+    let swap: &[(&str, &str)] = &[
+        ("external = \"eth0\"", "external = \"br-lan\""),
+        ("internal = [\"br-lan\"]", "internal = [\"eth0\"]"),
+    ];
+    let cfg = lab.config("swapped.toml", swap);
+    let o = lab.natwarden(&["check-config", "--config", &cfg.to_string_lossy()]);
+    let text = all_output(&o);
+    assert!(!o.status.success(), "accepted:\n{text}");
+    assert!(
+        text.contains("interfaces.internal[0]")
+            && text.contains("look swapped")
+            && text.contains("allow_private_external = true"),
+        "{text}"
+    );
+    // The rule for 192.168.1.0/24 lies outside the (swapped) internal subnet.
+    assert!(text.contains("rule[0].internal_addresses"), "{text}");
+    let o = lab.natwarden(&["serve", "--config", &cfg.to_string_lossy()]);
+    assert!(!o.status.success(), "serve started:\n{}", all_output(&o));
+    assert!(lab.table("natwarden").is_none());
+
+    // Said to be intended, with a rule for the hosts it serves: accepted, with warnings.
+    let mut edits = swap.to_vec();
+    edits.push((
+        "# allow_private_external = false",
+        "allow_private_external = true",
+    ));
+    edits.push(("192.168.1.0/24", "45.45.45.0/24"));
+    let cfg = lab.config("intended.toml", &edits);
+    let o = lab.natwarden(&["check-config", "--config", &cfg.to_string_lossy()]);
+    let text = all_output(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("valid, with warnings") && !text.contains("valid and safe"),
+        "{text}"
+    );
+}
+
+#[test]
+fn restart_after_downtime_restores_only_the_lifetime_left_and_expiry_removes_the_element() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up();
+    let cfg = lab.config("gw.toml", &[("min_lifetime = 120", "min_lifetime = 1")]);
+    let d = lab.start(&cfg);
+    let out = all_output(&lab.run(
+        Host::Lan,
+        4,
+        &["natpmpc", "-g", GW_LAN, "-a", "8080", "8080", "tcp", "6"],
+    ));
+    assert!(out.contains("Mapped public port 8080"), "{out}");
+    assert_eq!(d.stop(), Some(0));
+    // Three seconds of downtime.
+    std::thread::sleep(Duration::from_secs(3));
+    let d = lab.start(&cfg);
+    let status = lab.status();
+    let left = status["mappings"][0]["lifetime_left"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the mapping was not restored: {status}"));
+    assert!(left <= 3, "downtime not counted: {left} s left\n{status}");
+    assert_eq!(kernel_forwards(&lab).len(), 1);
+    // It expires on time, and its kernel element goes with it.
+    assert!(
+        lab.eventually(6, || kernel_forwards(&lab).is_empty()),
+        "the forward outlived its lifetime:\n{}",
+        d.log_text()
+    );
+    assert!(status_mappings(&lab.status()).is_empty());
+
+    // Restarted after it expired: nothing restored, nothing installed.
+    assert_eq!(d.stop(), Some(0));
+    let _d = lab.start(&cfg);
+    assert!(status_mappings(&lab.status()).is_empty());
+    assert!(kernel_forwards(&lab).is_empty());
+}
+
+/// Maps `count` TCP ports from `first` for the LAN host (NAT-PMP, 64 in flight), to
+/// make the status reply large. Returns how many were acknowledged.
+fn map_many(lab: &Lab, first: u16, count: u16) -> usize {
+    in_lan(lab, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.connect((GW_LAN, 5351)).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let (mut next, mut in_flight, mut acked) = (first, 0usize, 0usize);
+        let end = first + count;
+        let mut buf = [0u8; 32];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked < usize::from(count) && Instant::now() < deadline {
+            while in_flight < 64 && next < end {
+                sock.send(&map_request(next, 3600)).expect("send");
+                next += 1;
+                in_flight += 1;
+            }
+            match sock.recv(&mut buf) {
+                Ok(16) if buf[1] == 130 && buf[2..4] == [0, 0] => {
+                    acked += 1;
+                    in_flight -= 1;
+                }
+                Ok(_) => in_flight = in_flight.saturating_sub(1),
+                // Lost in a burst: ask again for what is missing.
+                Err(_) => {
+                    in_flight = 0;
+                    next = first + acked as u16;
+                }
+            }
+        }
+        acked
+    })
+    .join()
+    .expect("mapping thread")
+}
+
+/// natpmpc from the LAN host; its output, and whether the first try was answered
+/// (natpmpc prints "TRY AGAIN" each time its 250 ms retransmission timer fires).
+fn natpmpc_first_try(lab: &Lab, port: u16) -> (String, bool) {
+    let p = port.to_string();
+    let out = all_output(&lab.run(
+        Host::Lan,
+        10,
+        &["natpmpc", "-g", GW_LAN, "-a", &p, &p, "udp", "3600"],
+    ));
+    let first_try = out.contains(&format!("Mapped public port {p}")) && !out.contains("TRY AGAIN");
+    (out, first_try)
+}
+
+#[test]
+fn stalled_control_clients_delay_no_nat_pmp_reply_and_are_dropped_after_the_deadline() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up();
+    let cfg = lab.config(
+        "gw.toml",
+        &[
+            ("max_per_client = 128", "max_per_client = 10000"),
+            (
+                "requests_per_second_per_client = 20",
+                "requests_per_second_per_client = 0",
+            ),
+        ],
+    );
+    let d = lab.start(&cfg);
+    // Enough mappings that the status reply is far larger than a socket buffer.
+    assert_eq!(map_many(&lab, 20000, 3000), 3000);
+    let full_reply = {
+        let sock = lab.control_socket();
+        let o = lab.natwarden(&["status", "--json", "--socket", &sock.to_string_lossy()]);
+        assert!(o.status.success(), "{}", all_output(&o));
+        o.stdout.len()
+    };
+    assert!(full_reply > 400_000, "status is only {full_reply} bytes");
+
+    // One asks for the status and never reads it...
+    let mut never_reads = UnixStream::connect(lab.control_socket()).expect("connect");
+    never_reads.write_all(b"\"status\"\n").expect("request");
+    // ...one trickles a request, a byte every 200 ms, and never finishes it.
+    let socket = lab.control_socket();
+    let trickler = std::thread::spawn(move || {
+        let mut s = UnixStream::connect(socket).expect("connect");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if s.write_all(b" ").is_err() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Meanwhile every NAT-PMP request is answered at the first try.
+    for port in 6000..6006u16 {
+        let (out, first_try) = natpmpc_first_try(&lab, port);
+        assert!(first_try, "port {port} was not answered at once:\n{out}");
+    }
+
+    // The trickler is cut off at its deadline (3 s; generous bound here).
+    let cut = trickler
+        .join()
+        .expect("trickler")
+        .expect("the trickling connection was never dropped");
+    assert!(cut < Duration::from_secs(10), "dropped after {cut:?}");
+    d.wait_for_log("no complete request arrived", Duration::from_secs(5));
+    // The reader that never read is dropped too: it gets part of the reply, then EOF.
+    d.wait_for_log("its reply was not read", Duration::from_secs(10));
+    never_reads
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let _ = never_reads.read_to_end(&mut got);
+    assert!(
+        got.len() < full_reply,
+        "the whole reply ({} bytes) was kept for a client that did not read",
+        got.len()
+    );
+    // And the socket still serves whoever behaves.
+    assert_eq!(status_mappings(&lab.status()).len(), 3006);
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn accept_failing_with_emfile_does_not_spin_the_loop_or_delay_replies() {
+    use std::os::unix::net::UnixStream;
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up();
+    let d = lab.start(&lab.config("gw.toml", &[]));
+    let pid = d.pid().expect("pid");
+    // `ip netns exec` execs natwarden, so the child's pid is the daemon's.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .count();
+    // The soft limit only, so it can be raised again without CAP_SYS_RESOURCE.
+    let limit = format!("--nofile={}:", open + 2);
+    let o = lab.run(Host::Gw, 5, &["prlimit", "--pid", &pid.to_string(), &limit]);
+    assert!(o.status.success(), "{}", all_output(&o));
+    // Two connections fit; the rest make accept fail with EMFILE and wait in the backlog.
+    let held: Vec<UnixStream> = (0..6)
+        .map(|_| UnixStream::connect(lab.control_socket()).expect("connect"))
+        .collect();
+    d.wait_for_log(
+        "accepting a control connection failed",
+        Duration::from_secs(5),
+    );
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    // A spinning loop burns ~200 ticks in 2 s; backing off burns next to nothing.
+    assert!(
+        used < 50,
+        "the daemon used {used} ticks in 2 s while accept failed"
+    );
+    for port in 6000..6003u16 {
+        let (out, first_try) = natpmpc_first_try(&lab, port);
+        assert!(first_try, "port {port} was not answered at once:\n{out}");
+    }
+    drop(held);
+    // Once fds are free again, the control socket serves again.
+    let o = lab.run(
+        Host::Gw,
+        5,
+        &["prlimit", "--pid", &pid.to_string(), "--nofile=1024:"],
+    );
+    assert!(o.status.success(), "{}", all_output(&o));
+    assert!(
+        lab.eventually(10, || {
+            let sock = lab.control_socket();
+            lab.natwarden(&["status", "--json", "--socket", &sock.to_string_lossy()])
+                .status
+                .success()
+        }),
+        "{}",
+        d.log_text()
+    );
+}

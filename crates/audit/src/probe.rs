@@ -94,6 +94,26 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// The same mapping request with lifetime 0: its deletion (RFC 6886 3.4, RFC 6887 15).
+    pub fn deletion(mut self) -> Probe {
+        match &mut self {
+            Probe::NatPmpMap {
+                suggested_port,
+                lifetime,
+                ..
+            } => {
+                // "The Suggested External Port MUST be set to zero by the client on sending".
+                *suggested_port = 0;
+                *lifetime = 0;
+            }
+            Probe::PcpMap { lifetime, .. } => *lifetime = 0,
+            Probe::NatPmpAddress | Probe::PcpAnnounce { .. } => {}
+        }
+        self
+    }
+}
+
 /// A reply that parsed strictly as one of the two protocols. Short-lived (parsed, read and
 /// dropped per datagram), so the size difference of the variants does not matter.
 #[allow(clippy::large_enum_variant)]

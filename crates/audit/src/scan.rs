@@ -907,45 +907,6 @@ fn nonce(key: u64, target: IpAddr, n: u64) -> pcp::Nonce {
     pcp::Nonce(out)
 }
 
-impl Probe {
-    /// The same mapping request with lifetime 0: its deletion (RFC 6886 3.4, RFC 6887 15).
-    fn deletion(&self) -> Probe {
-        match *self {
-            Probe::NatPmpMap {
-                transport,
-                internal_port,
-                ..
-            } => Probe::NatPmpMap {
-                transport,
-                internal_port,
-                // "The Suggested External Port MUST be set to zero by the client on sending".
-                suggested_port: 0,
-                lifetime: 0,
-            },
-            Probe::PcpMap {
-                client,
-                nonce,
-                transport,
-                internal_port,
-                suggested_port,
-                any_address,
-                third_party,
-                ..
-            } => Probe::PcpMap {
-                client,
-                nonce,
-                transport,
-                internal_port,
-                suggested_port,
-                any_address,
-                third_party,
-                lifetime: 0,
-            },
-            other => other,
-        }
-    }
-}
-
 impl Txn {
     fn new(kind: MapProbeKind, probe: Probe, suggested_port: u16, now: Instant) -> Txn {
         Txn {

@@ -220,7 +220,7 @@ fn run(args: &AuditArgs) -> anyhow::Result<bool> {
     let mut scanner = Scanner::new(cfg, targets, start);
     let mut progress = ProgressLine::new(start);
     let mut batch: Vec<(SocketAddr, u16, [u8; 80], usize)> = Vec::with_capacity(BATCH);
-    let mut interrupted = 0;
+    let mut interrupted: Option<Instant> = None;
     loop {
         let now = Instant::now();
         for s in &mut sockets {
@@ -267,12 +267,19 @@ fn run(args: &AuditArgs) -> anyhow::Result<bool> {
         }
         let ready = poll_readable(fds, timeout)?;
         if ready[0] && signals.next().is_some() {
-            interrupted += 1;
-            if interrupted == 1 {
-                eprintln!("natwarden audit: interrupted; deleting the mappings granted so far (Ctrl-C again to quit at once)");
-                scanner.abort(Instant::now());
-            } else {
-                bail!("interrupted twice: mappings whose deletion was not confirmed expire with their lifetime ({} s)", args.lifetime);
+            match interrupted {
+                None => {
+                    eprintln!("natwarden audit: interrupted; deleting the mappings granted so far (Ctrl-C again to quit at once)");
+                    scanner.abort(Instant::now());
+                    interrupted = Some(Instant::now());
+                }
+                // The same interrupt delivered twice (to the process and its group, as
+                // `timeout` does) is not a second Ctrl-C.
+                Some(at) if at.elapsed() < Duration::from_secs(1) => {}
+                Some(_) => bail!(
+                    "interrupted twice: mappings whose deletion was not confirmed expire with their lifetime ({} s)",
+                    args.lifetime
+                ),
             }
         }
     }

@@ -197,6 +197,20 @@ fn count_finding(truth: &BTreeMap<String, Value>, key: &str, name: &str) -> u64 
         .count() as u64
 }
 
+/// The audit of the population test's ranges, JSON lines into `out`.
+fn audit_population(lab: &PopLab, out: &std::path::Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "100.64.0.0/22",
+        "2001:db8:64::/120",
+        "--json",
+        "--rate",
+        "5000",
+    ];
+    args.extend_from_slice(&["--timeout", "0.5", "--output", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    lab.audit(&args)
+}
+
 #[test]
 fn audit_of_the_population_equals_its_ground_truth_non_intrusive_and_intrusive() {
     if !require_root() {
@@ -236,17 +250,7 @@ fn audit_of_the_population_equals_its_ground_truth_non_intrusive_and_intrusive()
     }
 
     let out = lab.dir.join("plain.json");
-    let o = lab.audit(&[
-        "100.64.0.0/22",
-        "2001:db8:64::/120",
-        "--json",
-        "--rate",
-        "5000",
-        "--timeout",
-        "0.5",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let o = audit_population(&lab, &out, &[]);
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -272,18 +276,7 @@ fn audit_of_the_population_equals_its_ground_truth_non_intrusive_and_intrusive()
     assert!(lab.leftover().is_empty());
 
     let out = lab.dir.join("intrusive.json");
-    let o = lab.audit(&[
-        "100.64.0.0/22",
-        "2001:db8:64::/120",
-        "--intrusive",
-        "--json",
-        "--rate",
-        "5000",
-        "--timeout",
-        "0.5",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let o = audit_population(&lab, &out, &["--intrusive"]);
     assert_eq!(o.status.code(), Some(1), "{}", all_output(&o));
     let (got, summary) = reports(&out);
     assert_matches_truth(&truth, &got, "findings_intrusive");
@@ -309,23 +302,7 @@ fn audit_of_the_population_equals_its_ground_truth_non_intrusive_and_intrusive()
     for shard in 0..3 {
         let f = lab.dir.join(format!("shard{shard}.json"));
         let s = shard.to_string();
-        let o = lab.audit(&[
-            "100.64.0.0/22",
-            "2001:db8:64::/120",
-            "--json",
-            "--rate",
-            "5000",
-            "--timeout",
-            "0.5",
-            "--shards",
-            "3",
-            "--shard",
-            &s,
-            "--seed",
-            "99",
-            "--output",
-            f.to_str().unwrap(),
-        ]);
+        let o = audit_population(&lab, &f, &["--shards", "3", "--shard", &s, "--seed", "99"]);
         assert_eq!(o.status.code(), Some(1), "{}", all_output(&o));
         files.push(f.to_str().unwrap().to_string());
     }
@@ -346,11 +323,22 @@ fn ctrl_c_during_an_intrusive_audit_still_deletes_what_was_granted() {
     }
     let lab = PopLab::up(
         "c",
-        &["--v4", "100.64.0.0/26", "--seed", "3", "--mix", "open=1"],
+        &[
+            "--v4",
+            "100.64.0.0/26",
+            "--seed",
+            "3",
+            "--mix",
+            "open=1,silent=0,leak=0,swapped=0,swapped-nofail=0,open-reassign=0,pcp-only=0,other-source=0,garbage=0",
+        ],
     );
     let out = lab.dir.join("aborted.json");
-    let mut audit = lab
-        .audit_cmd(&[
+    // Without `timeout` in between: the SIGINT goes to natwarden itself.
+    let mut audit = Command::new("ip");
+    audit
+        .args(["netns", "exec", &format!("{}-scan", lab.prefix)])
+        .args([NATWARDEN, "audit"])
+        .args(&[
             "100.64.0.0/26",
             "--intrusive",
             "--json",
@@ -362,9 +350,9 @@ fn ctrl_c_during_an_intrusive_audit_still_deletes_what_was_granted() {
             "0.3",
             "--output",
             out.to_str().unwrap(),
-        ])
+        ]);
+    let mut audit = audit
         .stdin(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("starting the audit");
     // Wait until the gateways hold some of its mappings, then press Ctrl-C.
@@ -377,7 +365,10 @@ fn ctrl_c_during_an_intrusive_audit_still_deletes_what_was_granted() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(live >= 3, "no mapping was granted in 30 s");
+    if live < 3 {
+        let _ = audit.kill();
+        panic!("no mapping was granted in 30 s");
+    }
     // SAFETY: kill(2) on our child (ip netns exec execs natwarden in place).
     unsafe { libc::kill(audit.id() as i32, libc::SIGINT) };
     let status = audit.wait().expect("waiting for the audit");
@@ -389,6 +380,7 @@ fn ctrl_c_during_an_intrusive_audit_still_deletes_what_was_granted() {
     let left = lab.leftover();
     assert!(left.is_empty(), "mappings left after Ctrl-C: {left:?}");
     let (got, _) = reports(&out);
+    assert_eq!(got.len(), 64, "every target is an open gateway");
     let granted: Vec<&Value> = got
         .values()
         .filter_map(|r| r["mappings"].as_array())

@@ -338,7 +338,7 @@ fn ctrl_c_during_an_intrusive_audit_still_deletes_what_was_granted() {
     audit
         .args(["netns", "exec", &format!("{}-scan", lab.prefix)])
         .args([NATWARDEN, "audit"])
-        .args(&[
+        .args([
             "100.64.0.0/26",
             "--intrusive",
             "--json",

@@ -54,7 +54,7 @@ impl TableWatch {
     /// table and came from someone else, or when events were lost (ENOBUFS) or did not
     /// parse: then the table can no longer be trusted and the caller rebuilds it.
     pub fn drain(&self) -> bool {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = [0u8; 64 * 1024];
         let mut touched = false;
         for _ in 0..4096 {
             match self.sock.recv(&mut buf, true) {

@@ -396,7 +396,7 @@ impl Gateway {
             .policy
             .internal
             .iter()
-            .find(|i| i.index == ingress.interface)
+            .find(|i| i.is_present() && i.index == ingress.interface)
             .ok_or(DropReason::NotInternalInterface)?;
         if !iface.owns(ingress.destination) {
             return Err(DropReason::NotToInternalAddress);
@@ -412,7 +412,12 @@ impl Gateway {
     /// allowed range): never the gateway itself, a network or broadcast address, or a
     /// multicast, loopback, unspecified or link-local address.
     pub(crate) fn host_allowed(&self, interface: u32, client: IpAddr) -> bool {
-        let Some(iface) = self.policy.internal.iter().find(|i| i.index == interface) else {
+        let Some(iface) = self
+            .policy
+            .internal
+            .iter()
+            .find(|i| i.is_present() && i.index == interface)
+        else {
             return false;
         };
         let in_subnet = iface.subnet_contains(client) || self.in_extra_range(client);

@@ -92,6 +92,8 @@ impl Rule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InternalInterface {
     pub name: String,
+    /// The kernel's index for `name` now; [`InternalInterface::ABSENT`] while the
+    /// interface (or its IPv4 address) is gone: nothing is served on it then.
     pub index: u32,
     /// The gateway's own address on it, with the subnet's prefix length.
     pub net: Ipv4Net,
@@ -102,6 +104,14 @@ pub struct InternalInterface {
 }
 
 impl InternalInterface {
+    /// No kernel interface has index 0.
+    pub const ABSENT: u32 = 0;
+
+    /// Whether the interface exists now with an IPv4 address, so requests on it are served.
+    pub fn is_present(&self) -> bool {
+        self.index != Self::ABSENT
+    }
+
     /// Whether `ip` is one of the gateway's own addresses on this interface.
     pub fn owns(&self, ip: IpAddr) -> bool {
         match ip {

@@ -936,6 +936,43 @@ fn a_tightened_policy_closes_forwards_it_would_no_longer_grant() {
     assert_eq!(h.forwards(), h.kernel);
 }
 
+#[test]
+fn an_absent_internal_interface_is_not_served_and_keeps_its_hosts_mappings() {
+    let mut h = Harness::new(policy());
+    h.map(8080, 8080, 7200);
+    let mut gone = policy();
+    gone.internal[0].index = InternalInterface::ABSENT;
+    let mut changes = Vec::new();
+    h.gw.set_policy(gone, &mut changes);
+    h.apply(changes);
+    assert_eq!(h.kernel.len(), 1, "a brief outage must not close forwards");
+    // Neither the old index nor index 0 (unknown ingress) finds the absent interface.
+    assert_eq!(
+        h.send_raw(lan(HOST), &ADDR_REQ),
+        Err(DropReason::NotInternalInterface)
+    );
+    let unknown = Ingress {
+        interface: InternalInterface::ABSENT,
+        ..lan(HOST)
+    };
+    assert_eq!(
+        h.send_raw(unknown, &ADDR_REQ),
+        Err(DropReason::NotInternalInterface)
+    );
+    // Back with a new index (re-created): served at once.
+    let mut back = policy();
+    back.internal[0].index = OTHER_IF;
+    let mut changes = Vec::new();
+    h.gw.set_policy(back, &mut changes);
+    h.apply(changes);
+    let moved = Ingress {
+        interface: OTHER_IF,
+        ..lan(HOST)
+    };
+    assert!(h.send_raw(moved, &ADDR_REQ).is_ok());
+    assert_eq!(h.kernel.len(), 1);
+}
+
 // ---- PCP (RFC 6887) ----
 
 mod pcp_tests {

@@ -8,11 +8,13 @@ mod nftables;
 mod none;
 pub mod rtnl;
 mod socket;
+mod watch;
 
 use natwarden_core::firewall::{FirewallChange, Installed};
 
 pub use nftables::{NftConfig, Nftables};
 pub use none::NoneBackend;
+pub use watch::TableWatch;
 
 /// Where forwards, outbound mappings and pinholes live in the kernel.
 pub trait Backend {
@@ -23,6 +25,11 @@ pub trait Backend {
     fn apply(&mut self, changes: &[FirewallChange]) -> Result<(), FirewallError>;
     /// Delete our table (clean exit). Not an error if it does not exist.
     fn remove(&mut self) -> Result<(), FirewallError>;
+    /// A subscription to changes of our table made by anyone but this backend, so the
+    /// daemon can rebuild it; None for backends with nothing in the kernel.
+    fn watch(&self) -> Result<Option<TableWatch>, FirewallError> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

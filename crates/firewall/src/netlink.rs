@@ -160,6 +160,9 @@ pub struct Msg<'a> {
     pub ty: u16,
     pub flags: u16,
     pub seq: u32,
+    /// The sender's port id; in nf_tables events, the port id of the socket whose
+    /// request caused the change.
+    pub pid: u32,
     pub payload: &'a [u8],
 }
 
@@ -183,6 +186,7 @@ pub fn messages(buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, Malformed>> 
             ty: u16_ne(&hdr[4..6]),
             flags: u16_ne(&hdr[6..8]),
             seq: u32_ne(&hdr[8..12]),
+            pid: u32_ne(&hdr[12..16]),
             payload: &rest[NLMSG_HDRLEN..len],
         };
         rest = rest.get(align4(len)..).unwrap_or(&[]);
@@ -399,6 +403,7 @@ mod tests {
             ty: NLMSG_ERROR,
             flags: 0,
             seq: 0,
+            pid: 0,
             payload: &[0; 10],
         };
         assert!(parse_ack(&short).is_err());

@@ -8,7 +8,7 @@ use natwarden_core::firewall::{FirewallChange, Forward, Installed, Outbound, Pin
 use crate::batch::{Batch, Failure};
 use crate::nft::{self, Op};
 use crate::socket::NlSocket;
-use crate::{Backend, FirewallError};
+use crate::{Backend, FirewallError, TableWatch};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NftConfig {
@@ -143,6 +143,16 @@ impl Backend for Nftables {
     fn remove(&mut self) -> Result<(), FirewallError> {
         let table = self.table.clone();
         self.run(|b| nft::remove(b, &table), |_| None)
+    }
+
+    fn watch(&self) -> Result<Option<TableWatch>, FirewallError> {
+        // The kernel stamps each event with the port id of the socket whose batch
+        // caused it: ours are told apart by this socket's id.
+        let own = self
+            .sock
+            .portid()
+            .map_err(|e| FirewallError::io("reading the netfilter socket's port id", e))?;
+        TableWatch::open(&self.table, own).map(Some)
     }
 }
 

@@ -125,16 +125,18 @@ pub fn default_route_interfaces() -> Result<Vec<u32>, FirewallError> {
     Ok(out)
 }
 
-/// Notifications of IPv4 and IPv6 address changes (RTMGRP_IPV4_IFADDR,
-/// RTMGRP_IPV6_IFADDR), so the daemon can follow its addresses without polling. An IPv6
-/// address also notifies when it leaves the tentative state.
+/// Notifications of interfaces appearing, going or changing (RTMGRP_LINK) and of IPv4
+/// and IPv6 address changes (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR), so the daemon can
+/// follow its interfaces by name, and their addresses, without polling. An IPv6 address
+/// also notifies when it leaves the tentative state.
 pub struct AddressMonitor {
     sock: NlSocket,
 }
 
 impl AddressMonitor {
     pub fn open() -> Result<AddressMonitor, FirewallError> {
-        let groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+        let groups =
+            (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
         let sock = NlSocket::open_groups(libc::NETLINK_ROUTE, groups)
             .map_err(|e| FirewallError::io("opening the rtnetlink address monitor", e))?;
         Ok(AddressMonitor { sock })
@@ -165,7 +167,7 @@ impl AddressMonitor {
 }
 
 /// (index, name) of every interface.
-fn links() -> Result<Vec<(u32, String)>, FirewallError> {
+pub fn links() -> Result<Vec<(u32, String)>, FirewallError> {
     dump(RTM_GETLINK, &ifinfomsg(libc::AF_UNSPEC as u8), RTM_NEWLINK)?
         .iter()
         .map(|p| parse_link(p))

@@ -51,6 +51,24 @@ impl NlSocket {
         Ok(Self { fd })
     }
 
+    /// The port id the kernel gave this socket at bind time.
+    pub fn portid(&self) -> io::Result<u32> {
+        let mut addr = kernel_addr();
+        let mut len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: `addr`/`len` describe a writable sockaddr_nl of the size passed.
+        let rc = unsafe {
+            libc::getsockname(
+                self.fd.as_raw_fd(),
+                (&mut addr as *mut libc::sockaddr_nl).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(addr.nl_pid)
+    }
+
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         self.fd.as_raw_fd()
     }

@@ -1005,3 +1005,54 @@ fn address_monitor_reports_ipv6_changes() {
     assert!(monitor.drain());
     assert!(!monitor.drain(), "drained");
 }
+
+#[test]
+fn table_watch_ignores_our_own_batches_and_sees_anyone_elses_changes() {
+    let Some(ns) = Netns::new() else { return };
+    let mut b = ns.backend();
+    let watch = ns
+        .run(|| b.watch())
+        .expect("watch")
+        .expect("the nftables backend has a watch");
+    let f = Forward {
+        protocol: Protocol::Tcp,
+        external_port: 8080,
+        internal: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 8080),
+    };
+    let state = Installed {
+        forwards: vec![f],
+        ..Installed::default()
+    };
+    b.install(&state).expect("install");
+    b.apply(&[FirewallChange::Remove(f), FirewallChange::Add(f)])
+        .expect("apply");
+    assert!(
+        !watch.drain(),
+        "our own batches are not someone else's change"
+    );
+
+    ns.nft(&["add", "table", "inet", "other"]);
+    ns.nft(&["add", "table", "ip", "natwarden"]);
+    assert!(!watch.drain(), "other tables are none of our business");
+
+    ns.nft(&[
+        "delete",
+        "element",
+        "inet",
+        "natwarden",
+        "fwd4",
+        "{ tcp . 8080 }",
+    ]);
+    assert!(watch.drain(), "a deleted element is seen");
+    assert!(!watch.drain(), "drained");
+
+    b.install(&state).expect("rebuild");
+    assert!(!watch.drain(), "our rebuild is ours");
+    ns.nft(&["flush", "ruleset"]);
+    assert!(watch.drain(), "a flushed ruleset is seen");
+
+    b.install(&state).expect("rebuild");
+    let mut other = ns.backend();
+    other.remove().expect("another socket deletes our table");
+    assert!(watch.drain(), "another socket's batch is seen");
+}

@@ -1,6 +1,7 @@
 //! The I/O shell around the gateway core: moves datagrams between the socket and the
 //! core, firewall changes to the backend, table changes to the state journal, and
-//! signals, address changes, admin requests and timers into the core.
+//! signals, interface and address changes, admin requests and timers into the core, and
+//! keeps the kernel table true when someone else changes it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -11,8 +12,9 @@ use natwarden_core::{
     Announcement, DropReason, FirewallChange, Gateway, Mapping, Multicast, StateEvent, Verdict,
     MAX_REPLY,
 };
+use natwarden_core::{InternalInterface, Ipv4Net, Ipv6Net};
 use natwarden_firewall::rtnl::{self, AddressMonitor};
-use natwarden_firewall::Backend;
+use natwarden_firewall::{Backend, TableWatch};
 use natwarden_wire::{natpmp, pcp};
 use tracing::{debug, error, info, warn};
 
@@ -29,6 +31,8 @@ use crate::udp::PktinfoSocket;
 const BATCH: usize = 256;
 /// Drops are logged at most this often, with a count of those not logged.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// A table rebuild or interface re-read that failed is retried this often.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Reply {
     to: SocketAddr,
@@ -101,6 +105,13 @@ pub struct Daemon {
     signals: Signals,
     control: ControlServer,
     monitor: AddressMonitor,
+    /// Changes to our nftables table made by someone else (None for the dry-run backend).
+    watch: Option<TableWatch>,
+    /// The kernel table is known not to hold what the core does: no reply goes out
+    /// until a rebuild succeeds.
+    table_damaged: bool,
+    /// Re-reading the interfaces failed: retried every [`RETRY_INTERVAL`].
+    interfaces_stale: bool,
     journal: Journal,
     epoch_start_ms: u64,
     changes: Vec<FirewallChange>,
@@ -144,9 +155,10 @@ impl Daemon {
                 settings.control_socket.display()
             )
         })?;
-        // Addresses are followed: the external one (unless the config fixes it) and the
-        // internal interfaces' IPv6 prefixes.
-        let monitor = AddressMonitor::open().context("following addresses over rtnetlink")?;
+        // Interfaces are followed by name, with their addresses: the external address
+        // (unless the config fixes it), the internal IPv4 addresses and IPv6 prefixes.
+        let monitor =
+            AddressMonitor::open().context("following interfaces and addresses over rtnetlink")?;
 
         let clock = Clock::now();
         let mut gateway = Gateway::new(
@@ -160,6 +172,9 @@ impl Daemon {
         backend
             .install(&gateway.installed())
             .context("installing the nftables table")?;
+        let watch = backend
+            .watch()
+            .context("following changes to the nftables table")?;
         let snapshot = snapshot(&gateway, clock);
         gateway.drain_events().for_each(drop);
         let journal = Journal::create(&settings.state_file, epoch_start_ms, &snapshot)
@@ -188,6 +203,9 @@ impl Daemon {
             signals,
             control,
             monitor,
+            watch,
+            table_damaged: false,
+            interfaces_stale: false,
             journal,
             epoch_start_ms,
             changes: Vec::new(),
@@ -216,19 +234,24 @@ impl Daemon {
             self.announce(now);
             // The control socket's deadlines wake the loop too: a stalled admin
             // connection is dropped on time, never waited for.
-            let timeout = [self.gateway.poll_timeout(), self.control.next_deadline()]
+            let mut timeout = [self.gateway.poll_timeout(), self.control.next_deadline()]
                 .into_iter()
                 .flatten()
                 .min()
                 .map(|t| t.saturating_duration_since(now));
+            if self.table_damaged || self.interfaces_stale {
+                timeout = Some(timeout.map_or(RETRY_INTERVAL, |t| t.min(RETRY_INTERVAL)));
+            }
             let sock6_fd = self.socket6.as_ref().map_or(-1, |s| s.raw_fd());
-            let [sock, sock6, sig, ctl, mon] = poll_readable(
+            let watch_fd = self.watch.as_ref().map_or(-1, |w| w.raw_fd());
+            let [sock, sock6, sig, ctl, _mon, _watch] = poll_readable(
                 [
                     self.socket.raw_fd(),
                     sock6_fd,
                     self.signals.raw_fd(),
                     self.control.raw_fd(),
                     self.monitor.raw_fd(),
+                    watch_fd,
                 ],
                 timeout,
             )
@@ -244,9 +267,10 @@ impl Daemon {
                     }
                 }
             }
-            if mon && self.monitor.drain() {
-                self.follow_addresses()?;
-            }
+            // Whatever woke us, the kernel's news is read first (non-blocking): a request
+            // is then checked against the interfaces as they are now, and answered only
+            // once the table holds what the reply acknowledges.
+            self.follow_kernel()?;
             if ctl
                 || self
                     .control
@@ -309,8 +333,8 @@ impl Daemon {
             }
         }
         // Replies go out only after the kernel holds, and the disk records, what they
-        // acknowledge.
-        if self.commit()? {
+        // acknowledge: a table someone damaged meanwhile is rebuilt first.
+        if self.commit()? && self.keep_table_true() {
             for r in &self.replies {
                 // A reply goes out by the socket its request came in on.
                 let Some(socket) = self.socket_for(r.to.is_ipv6()) else {
@@ -325,6 +349,56 @@ impl Daemon {
         Ok(())
     }
 
+    /// Reads pending interface, address and nftables news without blocking and acts on
+    /// it: interfaces re-read by name, our table rebuilt when someone else changed it.
+    fn follow_kernel(&mut self) -> anyhow::Result<()> {
+        if self.monitor.drain() || self.interfaces_stale {
+            if let Err(e) = self.follow_interfaces() {
+                if !self.interfaces_stale {
+                    warn!("re-reading the interfaces failed: {e:#}; retrying");
+                }
+                self.interfaces_stale = true;
+            } else {
+                self.interfaces_stale = false;
+            }
+        }
+        self.keep_table_true();
+        Ok(())
+    }
+
+    /// Rebuilds our table, in one batch from the core's mappings (the start-up install:
+    /// same epoch, no mapping lost), when someone else changed it (`nft flush ruleset`,
+    /// a deleted table, chain, set or element) or events about it were lost. Returns
+    /// whether the kernel table can be trusted now.
+    fn keep_table_true(&mut self) -> bool {
+        if self.watch.as_ref().is_some_and(|w| w.drain()) {
+            warn!("the nftables table {} was changed by someone else: rebuilding it from the {} mapping(s)", self.settings.table, self.gateway.mapping_count());
+            self.table_damaged = true;
+        }
+        if self.table_damaged {
+            self.rebuild_table();
+        }
+        !self.table_damaged
+    }
+
+    fn rebuild_table(&mut self) {
+        match self.backend.install(&self.gateway.installed()) {
+            Ok(()) => {
+                self.table_damaged = false;
+                info!(
+                    mappings = self.gateway.mapping_count(),
+                    "nftables table rebuilt"
+                );
+            }
+            Err(e) => {
+                if !self.table_damaged {
+                    error!("rebuilding the nftables table failed: {e}; retrying");
+                }
+                self.table_damaged = true;
+            }
+        }
+    }
+
     /// The socket of a family; IPv6 only when one is open.
     fn socket_for(&self, v6: bool) -> Option<&PktinfoSocket> {
         if v6 {
@@ -335,14 +409,26 @@ impl Daemon {
     }
 
     /// Applies pending firewall changes in one batch, then journals the table changes
-    /// with one fdatasync. If the kernel refuses, the table can no longer be trusted to
-    /// match it: forget every mapping, start a new epoch (clients re-map, RFC 6886
-    /// section 3.7) and reinstall an empty table. Returns whether the changes were
-    /// committed.
+    /// with one fdatasync. If the kernel refuses (e.g. someone deleted our table or an
+    /// element just before), the table is rebuilt from the core's mappings, which hold
+    /// the changes already. Only if that fails too can the table no longer be trusted:
+    /// forget every mapping, start a new epoch (clients re-map, RFC 6886 section 3.7)
+    /// and reinstall an empty table. Returns whether the changes were committed.
     fn commit(&mut self) -> anyhow::Result<bool> {
         let clock = Clock::now();
         if !self.changes.is_empty() {
-            if let Err(e) = self.backend.apply(&self.changes) {
+            let applied = match self.backend.apply(&self.changes) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    warn!(
+                        "firewall refused {} change(s): {e}; rebuilding the table from the {} mapping(s)",
+                        self.changes.len(),
+                        self.gateway.mapping_count()
+                    );
+                    self.backend.install(&self.gateway.installed())
+                }
+            };
+            if let Err(e) = applied {
                 error!(
                     "firewall refused {} change(s): {e}; resetting all mappings",
                     self.changes.len()
@@ -358,6 +444,7 @@ impl Daemon {
                     .context("rewriting the state file after a failed change")?;
                 return Ok(false);
             }
+            self.table_damaged = false;
             log_changes(&self.changes, self.gateway.mapping_count());
             self.changes.clear();
         }
@@ -417,7 +504,13 @@ impl Daemon {
         let mut due: Vec<Announcement> = Vec::new();
         self.gateway.poll_announcements(now, &mut due);
         for a in due {
-            for iface in &self.settings.policy.internal {
+            for iface in self
+                .settings
+                .policy
+                .internal
+                .iter()
+                .filter(|i| i.is_present())
+            {
                 let sent = match a.to {
                     Multicast::V4 => {
                         let to = SocketAddr::from((natpmp::ANNOUNCE_ADDR, natpmp::CLIENT_PORT));
@@ -445,56 +538,87 @@ impl Daemon {
         }
     }
 
-    /// Re-reads the external interface's address after rtnetlink said something
-    /// changed. A new address starts a new epoch and announcements; no address means
+    /// Re-reads the interfaces the config names, by name, after rtnetlink said
+    /// something changed: an interface deleted and created again (a PPPoE reconnect
+    /// gives ppp0 a new index) is served again at once. An internal interface that is
+    /// gone, or has no IPv4 address, is not served until it returns (its last subnet is
+    /// kept so its hosts' mappings survive a brief outage); a new internal IPv4 address
+    /// or IPv6 prefix is served at once, and pinholes in a prefix that goes are closed.
+    /// A new external address starts a new epoch and announcements; no address means
     /// "network failure" answers until one returns. The forwards need no change: the
-    /// DNAT map is keyed by port on the external interface, whatever its address.
-    fn follow_addresses(&mut self) -> anyhow::Result<()> {
-        if self.settings.follow_external_address {
-            self.follow_external_address()?;
-        }
-        self.follow_internal_ipv6()
-    }
-
-    /// Re-reads the internal interfaces' IPv6 addresses: a prefix that appears is
-    /// served (PCP pinholes), one that goes closes the pinholes that lay in it.
-    fn follow_internal_ipv6(&mut self) -> anyhow::Result<()> {
+    /// nftables rules match interfaces by name and the DNAT map is keyed by port.
+    fn follow_interfaces(&mut self) -> anyhow::Result<()> {
+        let links = rtnl::links().context("reading interfaces")?;
+        let addrs = rtnl::ipv4_addresses().context("reading IPv4 addresses")?;
         let addrs6 = rtnl::ipv6_addresses().context("reading IPv6 addresses")?;
+        let index_of = |name: &str| links.iter().find(|(_, n)| n == name).map(|(i, _)| *i);
+        let external = index_of(&self.settings.external_interface);
+
         let mut policy = self.settings.policy.clone();
+        policy.external_index = external.unwrap_or(0);
         for iface in &mut policy.internal {
+            let index = index_of(&iface.name);
+            let nets: Vec<Ipv4Net> = addrs
+                .iter()
+                .filter(|a| Some(a.index) == index)
+                .filter_map(|a| Ipv4Net::new(a.address, a.prefix_len))
+                .collect();
+            // The address in use stays while the interface holds it; else the first one.
+            let net = nets
+                .iter()
+                .find(|n| n.addr() == iface.net.addr())
+                .or(nets.first())
+                .copied();
+            match (index, net) {
+                (Some(index), Some(net)) => {
+                    iface.index = index;
+                    iface.net = net;
+                }
+                _ => iface.index = InternalInterface::ABSENT,
+            }
             iface.nets6 = addrs6
                 .iter()
-                .filter(|a| a.index == iface.index)
-                .filter_map(|a| natwarden_core::Ipv6Net::new(a.address, a.prefix_len))
+                .filter(|a| Some(a.index) == index)
+                .filter_map(|a| Ipv6Net::new(a.address, a.prefix_len))
                 .collect();
         }
         if policy != self.settings.policy {
-            info!(
-                internal = ?policy.internal.iter().map(|i| format!("{} {:?}", i.name, i.nets6.iter().map(|n| n.to_string()).collect::<Vec<_>>())).collect::<Vec<_>>(),
-                "internal IPv6 addresses changed"
-            );
+            for (old, new) in self.settings.policy.internal.iter().zip(&policy.internal) {
+                if old.is_present() && !new.is_present() {
+                    warn!(interface = %new.name, "internal interface gone or without an IPv4 address: not serving it until it returns");
+                } else if new.is_present()
+                    && (!old.is_present() || old.net != new.net || old.index != new.index)
+                {
+                    info!(interface = %new.name, index = new.index, address = %new.net, "serving internal interface");
+                }
+                if old.nets6 != new.nets6 {
+                    info!(interface = %new.name, ipv6 = ?new.nets6.iter().map(|n| n.to_string()).collect::<Vec<_>>(), "internal IPv6 addresses changed");
+                }
+            }
+            if policy.external_index != self.settings.policy.external_index {
+                info!(interface = %self.settings.external_interface, index = policy.external_index, "external interface index changed");
+            }
             self.gateway.set_policy(policy.clone(), &mut self.changes);
             self.settings.policy = policy;
             self.commit()?;
         }
-        Ok(())
-    }
 
-    fn follow_external_address(&mut self) -> anyhow::Result<()> {
-        let index = self.settings.policy.external_index;
-        let addrs = rtnl::ipv4_addresses().context("reading interface addresses")?;
-        let current = addrs.iter().find(|a| a.index == index).map(|a| a.address);
-        if current != self.gateway.external_address() {
-            match current {
-                Some(a) => {
-                    info!(interface = %self.settings.external_interface, "external address is now {a}: new epoch, announcing")
+        if self.settings.follow_external_address {
+            let current = external
+                .and_then(|index| addrs.iter().find(|a| a.index == index))
+                .map(|a| a.address);
+            if current != self.gateway.external_address() {
+                match current {
+                    Some(a) => {
+                        info!(interface = %self.settings.external_interface, "external address is now {a}: new epoch, announcing")
+                    }
+                    None => {
+                        warn!(interface = %self.settings.external_interface, "external address lost: answering \"network failure\" until it returns")
+                    }
                 }
-                None => {
-                    warn!(interface = %self.settings.external_interface, "external address lost: answering \"network failure\" until it returns")
-                }
+                self.gateway.set_external_address(Instant::now(), current);
+                self.commit()?;
             }
-            self.gateway.set_external_address(Instant::now(), current);
-            self.commit()?;
         }
         Ok(())
     }

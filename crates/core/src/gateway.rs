@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use natwarden_wire::{natpmp, pcp, Protocol};
 
 use crate::firewall::{FirewallChange, Installed};
+use crate::host::{HostBook, HostId};
 use crate::policy::{Permissions, Policy};
 use crate::ratelimit::RateLimiter;
 use crate::table::{Mapping, MappingKey, MappingTable, Nonce, Origin};
@@ -214,6 +215,8 @@ pub struct Gateway {
     pub(crate) permissions: Permissions,
     pub(crate) table: MappingTable,
     limiter: RateLimiter,
+    /// Link-layer addresses the shell saw LAN addresses send from.
+    hosts: HostBook,
     /// The epoch counter is `epoch_offset` seconds at `epoch_start`: a restart that
     /// restored its state continues the epoch instead of resetting it.
     epoch_start: Instant,
@@ -240,6 +243,7 @@ impl Gateway {
         Gateway {
             permissions: Permissions::new(&policy),
             limiter: RateLimiter::new(policy.requests_per_second_per_client, RATE_LIMITED_CLIENTS),
+            hosts: HostBook::new(RATE_LIMITED_CLIENTS),
             policy,
             table: MappingTable::default(),
             epoch_start: now,
@@ -300,6 +304,13 @@ impl Gateway {
         out
     }
 
+    /// The shell saw `ip` send from link-layer address `link` (a LAN frame's source):
+    /// from then on quotas and the rate limit count `ip` as that host, however many
+    /// addresses it rotates through (see [`HostId`]).
+    pub fn learn_host(&mut self, ip: IpAddr, link: [u8; 6]) {
+        self.hosts.learn(ip, link);
+    }
+
     /// Handles one datagram. The reply, if any, is written to `reply` (at least
     /// [`MAX_REPLY`] bytes); firewall changes are appended to `changes`. The caller
     /// applies the changes before sending the reply, so nothing is acknowledged that
@@ -354,7 +365,10 @@ impl Gateway {
         if let Err(reason) = self.check_ingress(ingress) {
             return Verdict::Drop(reason);
         }
-        if !self.limiter.allow(now, ingress.source.ip()) {
+        if !self
+            .limiter
+            .allow(now, self.hosts.host_of(ingress.source.ip()))
+        {
             return Verdict::Drop(DropReason::RateLimited);
         }
         let cap = reply.len().min(MAX_REPLY);
@@ -512,7 +526,7 @@ impl Gateway {
         if self.table.len() >= self.policy.max_total as usize {
             return Err(Refusal::TableFull);
         }
-        if self.table.count_for(ask.client) >= self.policy.max_per_client {
+        if self.table.count_for_host(self.hosts.host_of(ask.client)) >= self.policy.max_per_client {
             return Err(Refusal::Quota);
         }
         let external_port = match ask.client {
@@ -543,7 +557,8 @@ impl Gateway {
             inbound: !ask.peer,
             outbound: ask.peer,
         };
-        self.table.insert(m);
+        let host = self.hosts.host_of(m.key.client);
+        self.table.insert(m, host);
         self.stats.mappings_created += 1;
         self.events.push(StateEvent::Upsert(m));
         m.kernel_changes(true, changes);
@@ -834,7 +849,8 @@ impl Gateway {
             return Err(RestoreError::Conflict);
         }
         if self.table.len() >= self.policy.max_total as usize
-            || self.table.count_for(key.client) >= self.policy.max_per_client
+            || self.table.count_for_host(self.hosts.host_of(key.client))
+                >= self.policy.max_per_client
         {
             return Err(RestoreError::OverQuota);
         }
@@ -843,7 +859,8 @@ impl Gateway {
             expires: now + lifetime,
             ..saved
         };
-        self.table.insert(m);
+        let host = self.hosts.host_of(m.key.client);
+        self.table.insert(m, host);
         self.events.push(StateEvent::Upsert(m));
         Ok(())
     }
@@ -899,12 +916,13 @@ impl Gateway {
             self.remove_mapping(&k, changes);
         }
         // A lowered quota applies to what exists: the oldest mappings beyond it close.
-        let mut per_client: std::collections::HashMap<IpAddr, u32> = Default::default();
+        let mut per_host: std::collections::HashMap<HostId, u32> = Default::default();
         let mut over_quota = Vec::new();
-        // Newest first, so the first `max_per_client` of each client are kept.
+        // Newest first, so the first `max_per_client` of each host are kept.
         let by_age = self.table.keys_oldest_first();
         for k in by_age.iter().rev() {
-            let n = per_client.entry(k.client).or_insert(0);
+            let host = self.table.host_of(k).unwrap_or(HostId::Address(k.client));
+            let n = per_host.entry(host).or_insert(0);
             *n += 1;
             if *n > self.policy.max_per_client {
                 over_quota.push(*k);

@@ -3,6 +3,7 @@
 
 pub mod firewall;
 pub mod gateway;
+mod host;
 pub mod net;
 pub mod policy;
 mod ratelimit;
@@ -15,6 +16,7 @@ pub use gateway::{
     Announcement, DropReason, Gateway, Ingress, Multicast, RestoreError, StateEvent, Stats,
     Verdict, MAX_REPLY,
 };
+pub use host::HostId;
 pub use net::{IpNet, Ipv4Net, Ipv6Net};
 pub use policy::{Action, InternalInterface, Policy, PortRange, Rule};
 pub use table::{Mapping, MappingKey, Nonce, Origin};

@@ -1,10 +1,10 @@
-//! Per-client request rate limit: a token bucket per LAN address, so one host cannot
+//! Per-client request rate limit: a token bucket per LAN host (see [`HostId`]), so one host cannot
 //! starve the others. Idle buckets are pruned, and the number of buckets is capped:
 //! when full, the longest-idle client is forgotten (it then starts with a full bucket,
 //! which is all forgetting can give it).
 
+use crate::host::HostId;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -18,7 +18,7 @@ struct Bucket {
 pub(crate) struct RateLimiter {
     per_second: u32,
     max_clients: usize,
-    buckets: HashMap<IpAddr, Bucket>,
+    buckets: HashMap<HostId, Bucket>,
 }
 
 impl RateLimiter {
@@ -37,7 +37,7 @@ impl RateLimiter {
 
     /// Takes one token for `client`; `false` when the bucket is empty. The bucket holds
     /// one second's worth, so short bursts (a client starting up) pass.
-    pub(crate) fn allow(&mut self, now: Instant, client: IpAddr) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant, client: HostId) -> bool {
         if self.per_second == 0 {
             return true;
         }
@@ -72,7 +72,7 @@ impl RateLimiter {
             return;
         }
         let evict = (self.max_clients / 8).max(1);
-        let mut by_idle: Vec<(Instant, IpAddr)> =
+        let mut by_idle: Vec<(Instant, HostId)> =
             self.buckets.iter().map(|(ip, b)| (b.last, *ip)).collect();
         by_idle.select_nth_unstable(evict - 1);
         for (_, ip) in &by_idle[..evict] {
@@ -94,11 +94,16 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
+
+    fn h(ip: IpAddr) -> HostId {
+        HostId::Address(ip)
+    }
 
     #[test]
     fn burst_of_one_second_then_refill_at_rate() {
         let t0 = Instant::now();
-        let c: IpAddr = "192.168.1.5".parse().expect("addr");
+        let c = h("192.168.1.5".parse().expect("addr"));
         let mut rl = RateLimiter::new(5, 16);
         assert!((0..5).all(|_| rl.allow(t0, c)));
         assert!(!rl.allow(t0, c), "sixth request in the same instant");
@@ -108,16 +113,16 @@ mod tests {
             "one token per 200 ms"
         );
         // Another client is not affected.
-        assert!(rl.allow(t0, "192.168.1.6".parse().expect("addr")));
+        assert!(rl.allow(t0, h("192.168.1.6".parse().expect("addr"))));
     }
 
     #[test]
     fn zero_means_unlimited_and_prune_forgets_idle_clients() {
         let t0 = Instant::now();
         let mut off = RateLimiter::new(0, 16);
-        assert!((0..10_000).all(|_| off.allow(t0, IpAddr::from([127, 0, 0, 1]))));
+        assert!((0..10_000).all(|_| off.allow(t0, h(IpAddr::from([127, 0, 0, 1])))));
         let mut rl = RateLimiter::new(1, 16);
-        rl.allow(t0, IpAddr::from([10, 0, 0, 1]));
+        rl.allow(t0, h(IpAddr::from([10, 0, 0, 1])));
         rl.prune(t0 + Duration::from_millis(500));
         assert_eq!(rl.tracked(), 1);
         rl.prune(t0 + Duration::from_secs(2));
@@ -130,25 +135,28 @@ mod tests {
         let ip = |n: u8| IpAddr::from([192, 168, 1, n]);
         let mut rl = RateLimiter::new(1, 3);
         for n in 1..=3 {
-            assert!(rl.allow(t0 + Duration::from_millis(u64::from(n) * 10), ip(n)));
+            assert!(rl.allow(t0 + Duration::from_millis(u64::from(n) * 10), h(ip(n))));
         }
         assert!(
-            !rl.allow(t0 + Duration::from_millis(50), ip(2)),
+            !rl.allow(t0 + Duration::from_millis(50), h(ip(2))),
             "2 is empty"
         );
         // A fourth client: the map stays at 3, and the longest idle (1) goes.
-        assert!(rl.allow(t0 + Duration::from_millis(100), ip(4)));
+        assert!(rl.allow(t0 + Duration::from_millis(100), h(ip(4))));
         assert_eq!(rl.tracked(), 3);
-        assert!(!rl.buckets.contains_key(&ip(1)));
+        assert!(!rl.buckets.contains_key(&h(ip(1))));
         // 2 was used more recently than 3 was, so 3 goes next; 2 stays limited.
-        assert!(rl.allow(t0 + Duration::from_millis(110), ip(5)));
-        assert!(!rl.buckets.contains_key(&ip(3)));
-        assert!(!rl.allow(t0 + Duration::from_millis(120), ip(2)));
+        assert!(rl.allow(t0 + Duration::from_millis(110), h(ip(5))));
+        assert!(!rl.buckets.contains_key(&h(ip(3))));
+        assert!(!rl.allow(t0 + Duration::from_millis(120), h(ip(2))));
         assert_eq!(rl.tracked(), 3);
         // A flood from a whole /16 never grows it beyond the cap.
         for n in 0..=u16::MAX {
             let [a, b] = n.to_be_bytes();
-            rl.allow(t0 + Duration::from_millis(200), IpAddr::from([10, 0, a, b]));
+            rl.allow(
+                t0 + Duration::from_millis(200),
+                h(IpAddr::from([10, 0, a, b])),
+            );
         }
         assert_eq!(rl.tracked(), 3);
     }

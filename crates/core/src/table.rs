@@ -9,6 +9,7 @@ use std::time::Instant;
 use natwarden_wire::Protocol;
 
 use crate::firewall::{FirewallChange, Forward, Outbound, Pinhole};
+use crate::host::HostId;
 
 /// Who owns a mapping: RFC 6886 section 3.3 and RFC 6887 section 11 key mappings by
 /// the requester's own address and internal port.
@@ -113,6 +114,8 @@ impl Mapping {
 struct Entry {
     /// Insertion order, for "oldest first" when a lowered quota closes mappings.
     seq: u64,
+    /// The host the mapping counts against (its quota).
+    host: HostId,
     external_port: u16,
     expires: Instant,
     origin: Origin,
@@ -127,6 +130,10 @@ pub(crate) struct MappingTable {
     /// External ports in use: IPv4 NAT mappings only (a pinhole's port belongs to its
     /// own address).
     by_external: HashMap<(Protocol, u16), MappingKey>,
+    /// Mappings per host, for quotas.
+    per_host: HashMap<HostId, u32>,
+    /// Mappings per internal address, so "delete all of a client's" needs no scan when
+    /// it has none.
     per_client: HashMap<IpAddr, u32>,
     expiry: BTreeSet<(Instant, MappingKey)>,
     next_seq: u64,
@@ -141,8 +148,18 @@ impl MappingTable {
         self.by_key.get(key).map(|e| mapping(*key, e))
     }
 
-    pub(crate) fn count_for(&self, client: IpAddr) -> u32 {
+    fn count_for(&self, client: IpAddr) -> u32 {
         self.per_client.get(&client).copied().unwrap_or(0)
+    }
+
+    /// How many mappings count against `host`'s quota.
+    pub(crate) fn count_for_host(&self, host: HostId) -> u32 {
+        self.per_host.get(&host).copied().unwrap_or(0)
+    }
+
+    /// The host `key` counts against.
+    pub(crate) fn host_of(&self, key: &MappingKey) -> Option<HostId> {
+        self.by_key.get(key).map(|e| e.host)
     }
 
     /// Free for this client: nobody holds (protocol, port), and the companion port of
@@ -164,7 +181,7 @@ impl MappingTable {
 
     /// Adds a new mapping. The caller has checked that the key is absent and the port
     /// free; a violation is a bug in the core, so it is asserted in debug builds.
-    pub(crate) fn insert(&mut self, m: Mapping) {
+    pub(crate) fn insert(&mut self, m: Mapping, host: HostId) {
         debug_assert!(!self.by_key.contains_key(&m.key));
         if m.key.client.is_ipv4() {
             debug_assert!(self.is_free_for(m.key.client, m.key.protocol, m.external_port));
@@ -176,6 +193,7 @@ impl MappingTable {
             m.key,
             Entry {
                 seq: self.next_seq,
+                host,
                 external_port: m.external_port,
                 expires: m.expires,
                 origin: m.origin,
@@ -185,6 +203,7 @@ impl MappingTable {
             },
         );
         *self.per_client.entry(m.key.client).or_insert(0) += 1;
+        *self.per_host.entry(host).or_insert(0) += 1;
         self.expiry.insert((m.expires, m.key));
     }
 
@@ -210,12 +229,8 @@ impl MappingTable {
             self.by_external.remove(&(key.protocol, e.external_port));
         }
         self.expiry.remove(&(e.expires, *key));
-        if let Some(n) = self.per_client.get_mut(&key.client) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_client.remove(&key.client);
-            }
-        }
+        decrement(&mut self.per_client, key.client);
+        decrement(&mut self.per_host, e.host);
         Some(mapping(*key, &e))
     }
 
@@ -269,6 +284,15 @@ impl MappingTable {
     }
 }
 
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, k: K) {
+    if let Some(n) = counts.get_mut(&k) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&k);
+        }
+    }
+}
+
 fn mapping(key: MappingKey, e: &Entry) -> Mapping {
     Mapping {
         key,
@@ -312,7 +336,7 @@ mod tests {
         let t0 = Instant::now();
         let mut t = MappingTable::default();
         let a = key(10, Protocol::Tcp, 80);
-        t.insert(m(a, 8080, t0));
+        t.insert(m(a, 8080, t0), HostId::Address(a.client));
         assert!(!t.is_free_for(a.client, Protocol::Tcp, 8080));
         assert!(t.is_free_for(a.client, Protocol::Udp, 8080));
         assert!(!t.is_free_for(
@@ -331,7 +355,7 @@ mod tests {
             protocol: Protocol::Tcp,
             internal_port: 8080,
         };
-        t.insert(m(v6, 8080, t0));
+        t.insert(m(v6, 8080, t0), HostId::Address(v6.client));
         assert!(t.is_free_for(key(10, Protocol::Tcp, 1).client, Protocol::Tcp, 8080));
         assert_eq!(t.count_for(v6.client), 1);
         assert!(t.remove(&v6).is_some());
@@ -344,8 +368,14 @@ mod tests {
         let mut t = MappingTable::default();
         let a = key(10, Protocol::Udp, 5000);
         let b = key(11, Protocol::Udp, 5000);
-        t.insert(m(a, 5000, t0 + Duration::from_secs(10)));
-        t.insert(m(b, 5001, t0 + Duration::from_secs(20)));
+        t.insert(
+            m(a, 5000, t0 + Duration::from_secs(10)),
+            HostId::Address(a.client),
+        );
+        t.insert(
+            m(b, 5001, t0 + Duration::from_secs(20)),
+            HostId::Address(b.client),
+        );
         t.update(m(a, 5000, t0 + Duration::from_secs(30)));
         assert_eq!(t.next_expiry(), Some(t0 + Duration::from_secs(20)));
         let gone = t.expire(t0 + Duration::from_secs(25));
@@ -357,6 +387,6 @@ mod tests {
         assert!(t.remove(&a).is_some());
         assert_eq!(t.len(), 0);
         assert_eq!(t.next_expiry(), None);
-        assert!(t.per_client.is_empty() && t.by_external.is_empty());
+        assert!(t.per_client.is_empty() && t.per_host.is_empty() && t.by_external.is_empty());
     }
 }

@@ -1367,6 +1367,54 @@ mod pcp_tests {
     }
 
     #[test]
+    fn one_host_rotating_ipv6_addresses_gets_one_quota_and_one_rate_limit() {
+        let mut p = dual_stack();
+        p.max_per_client = 4;
+        p.requests_per_second_per_client = 0;
+        let mut h = Harness::new(p);
+        let mac = [0x02, 0, 0, 0, 0, 0x10];
+        let addr = |i: u16| format!("2001:db8:1::{:x}", 0x1000 + i);
+        let mut granted = 0;
+        for i in 0..200u16 {
+            let a = addr(i);
+            h.gw.learn_host(IpAddr::V6(v6(&a)), mac);
+            let r = h.pcp(lan6(&a), &map(IpAddr::V6(v6(&a)), 6, 10000 + i, 0, 3600));
+            if r.result == Pcp::SUCCESS {
+                granted += 1;
+            } else {
+                assert_eq!(r.result, Pcp::USER_EX_QUOTA, "address {a}");
+            }
+        }
+        assert_eq!(
+            granted, 4,
+            "200 addresses of one link-layer host share its quota"
+        );
+        // Another host (another link-layer address) has a quota of its own.
+        let other = "2001:db8:1::20";
+        h.gw.learn_host(IpAddr::V6(v6(other)), [0x02, 0, 0, 0, 0, 0x20]);
+        let r = h.pcp(lan6(other), &map(IpAddr::V6(v6(other)), 6, 10000, 0, 3600));
+        assert_eq!(r.result, Pcp::SUCCESS);
+
+        // The rate limit is per host too: the rotation does not refill it.
+        let mut p = dual_stack();
+        p.requests_per_second_per_client = 3;
+        let mut h = Harness::new(p);
+        let answered = (0..50u16)
+            .filter(|&i| {
+                let a = addr(i);
+                h.gw.learn_host(IpAddr::V6(v6(&a)), mac);
+                let mut buf = [0u8; 1100];
+                let n = map(IpAddr::V6(v6(&a)), 6, 10000 + i, 0, 3600).emit(&mut buf);
+                h.send_raw(lan6(&a), &buf[..n]).is_ok()
+            })
+            .count();
+        assert_eq!(
+            answered, 3,
+            "one second's worth of requests, whatever the address"
+        );
+    }
+
+    #[test]
     fn rfc6887_ipv6_map_opens_a_pinhole_to_the_requester_only() {
         let mut h = Harness::new(dual_stack());
         let client = IpAddr::V6(v6(HOST6));

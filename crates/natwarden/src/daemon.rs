@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{self, Settings};
 use crate::control::{self, ControlServer};
+use crate::linklayer::LinkTap;
 use crate::signals::{poll_readable, Signal, Signals};
 use crate::state::{self, Journal, Loaded, Record, SavedMapping};
 use crate::status;
@@ -102,6 +103,8 @@ pub struct Daemon {
     socket: PktinfoSocket,
     /// IPv6 (PCP only), when an internal interface has IPv6 addresses.
     socket6: Option<PktinfoSocket>,
+    /// The link-layer source of IPv6 requests (see linklayer.rs).
+    link_tap: Option<LinkTap>,
     signals: Signals,
     control: ControlServer,
     monitor: AddressMonitor,
@@ -143,6 +146,17 @@ impl Daemon {
             }
         } else {
             None
+        };
+        // Which host sent each IPv6 request (its link-layer address), for per-host quotas.
+        let link_tap = match socket6 {
+            Some(_) => match LinkTap::open(pcp::SERVER_PORT) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    warn!("no link-layer tap ({e}; needs CAP_NET_RAW at start): an IPv6 host's quota and rate limit count each of its addresses apart");
+                    None
+                }
+            },
+            None => None,
         };
         let group = settings
             .control_group
@@ -200,6 +214,7 @@ impl Daemon {
             backend,
             socket,
             socket6,
+            link_tap,
             signals,
             control,
             monitor,
@@ -287,6 +302,9 @@ impl Daemon {
 
     fn receive_batch(&mut self, buf: &mut [u8], v4: bool, v6: bool) -> anyhow::Result<()> {
         let now = Instant::now();
+        if v6 {
+            self.learn_hosts();
+        }
         // [IPv4, IPv6]: which sockets may still hold datagrams. Taking turns keeps one
         // family from starving the other.
         let mut ready = [v4, v6 && self.socket6.is_some()];
@@ -498,6 +516,22 @@ impl Daemon {
                 self.settings.state_file.display()
             ),
         }
+    }
+
+    /// Tells the core the link-layer source of every IPv6 request queued so far (the tap
+    /// sees a frame before the UDP socket does), for those that came in on an internal
+    /// interface: the WAN side cannot push LAN hosts out of the book.
+    fn learn_hosts(&mut self) {
+        let Some(tap) = &self.link_tap else {
+            return;
+        };
+        let internal = &self.settings.policy.internal;
+        let gateway = &mut self.gateway;
+        tap.drain(|index, ip, mac| {
+            if internal.iter().any(|i| i.is_present() && i.index == index) {
+                gateway.learn_host(ip, mac);
+            }
+        });
     }
 
     fn announce(&mut self, now: Instant) {

@@ -7,6 +7,7 @@ mod config;
 mod control;
 mod daemon;
 mod facts;
+mod linklayer;
 mod privileges;
 mod rawudp;
 mod signals;

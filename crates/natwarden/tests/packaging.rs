@@ -41,12 +41,13 @@ fn systemd_unit_verifies_with_the_built_binary() {
 #[test]
 fn systemd_unit_keeps_its_hardening() {
     for line in [
-        "CapabilityBoundingSet=CAP_NET_ADMIN",
-        "AmbientCapabilities=CAP_NET_ADMIN",
+        // NET_RAW for the link-layer tap, opened at start-up and then dropped.
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
+        "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW",
         "ProtectSystem=strict",
         "StateDirectory=natwarden",
         "NoNewPrivileges=yes",
-        "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX AF_PACKET",
         "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(

@@ -330,3 +330,63 @@ fn an_ipv6_prefix_that_appears_after_start_is_served_and_its_pinholes_close_when
         "a pinhole outlived its prefix"
     );
 }
+
+/// Issue 11: a host cannot escape its quota by rotating IPv6 privacy addresses inside the
+/// prefix; the gateway counts it by its link-layer address, as a router identifies hosts.
+#[test]
+fn a_lan_host_with_200_ipv6_addresses_gets_no_more_than_its_quota() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up();
+    let v6_rule = "[[rule]]\naction = \"allow\"\nexternal_ports = \"1024-65535\"\ninternal_addresses = \"2001:db8:1::/64\"\ninternal_ports = \"1024-65535\"\n\n[firewall]";
+    let _d = lab.start(&lab.config(
+        "gw.toml",
+        &[
+            ("[firewall]", v6_rule),
+            ("max_per_client = 128", "max_per_client = 4"),
+            (
+                "requests_per_second_per_client = 20",
+                "requests_per_second_per_client = 0",
+            ),
+        ],
+    ));
+    let addrs: Vec<String> = (0..200)
+        .map(|i| format!("2001:db8:1::{:x}", 0x1000 + i))
+        .collect();
+    let script: String = addrs
+        .iter()
+        .map(|a| format!("ip addr add {a}/64 dev eth0 nodad\n"))
+        .collect();
+    let o = lab.sh(Host::Lan, 60, &script);
+    assert!(o.status.success(), "{}", all_output(&o));
+    let mut granted = 0;
+    let mut quota = 0;
+    for (i, a) in addrs.iter().enumerate() {
+        let client: IpAddr = a.parse().expect("v6");
+        let r = exchange(
+            &lab,
+            Host::Lan,
+            a,
+            GW_LAN6,
+            map(client, 6, 20000 + i as u16, 600),
+        )
+        .unwrap_or_else(|| panic!("no answer to {a}"));
+        if r.result == ResultCode::SUCCESS {
+            granted += 1;
+        } else {
+            assert_eq!(r.result, ResultCode::USER_EX_QUOTA, "from {a}");
+            quota += 1;
+        }
+    }
+    assert_eq!((granted, quota), (4, 196), "one host, one quota of 4");
+    assert_eq!(lab.elements("pinhole6").len(), 4);
+    // Another host keeping its own quota is shown in the core's tests
+    // (`one_host_rotating_ipv6_addresses_gets_one_quota_and_one_rate_limit`).
+    let status = lab.status();
+    assert_eq!(
+        status["mappings"].as_array().map(Vec::len),
+        Some(4),
+        "{status}"
+    );
+}

@@ -189,6 +189,8 @@ pub struct Scanner {
     /// Sends not before this (the rate).
     next_send: Instant,
     interval: Duration,
+    /// How far behind `now` the send clock may lag: the largest burst.
+    burst: Duration,
     /// Probes of the current target waiting for their turn at the rate.
     queue: VecDeque<Transmit>,
     /// A target whose ports were all busy, to probe first once one frees.
@@ -230,6 +232,7 @@ impl Scanner {
             slots,
             next_send: now,
             interval,
+            burst: (interval * 64).max(Duration::from_millis(2)),
             queue: VecDeque::new(),
             stalled: None,
             answered: HashMap::new(),
@@ -413,7 +416,10 @@ impl Scanner {
         loop {
             let wake = match self.step(now) {
                 Step::Send(t) => {
-                    self.next_send = self.next_send.max(now - self.interval * 64) + self.interval;
+                    // Unused time is credited up to `burst`, so a caller that wakes
+                    // late (a millisecond timer) still keeps the average rate.
+                    let floor = now.checked_sub(self.burst).unwrap_or(now);
+                    self.next_send = self.next_send.max(floor) + self.interval;
                     self.progress.datagrams_sent += 1;
                     return Output::Transmit(t);
                 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use clap::Args;
 use natwarden_audit::targets::parse_list;
-use natwarden_audit::{Cidr, Config, JsonLine, Output, Scanner, Summary, TargetReport, Targets};
+use natwarden_audit::{
+    Cidr, Config, JsonLine, Output, Scanner, Summary, TargetReport, Targets, Transmit,
+};
 
 use crate::rawudp::{self, RawUdp, BATCH};
 use crate::signals::{poll_readable, Signals};
@@ -219,7 +221,7 @@ fn run(args: &AuditArgs) -> anyhow::Result<bool> {
     let start = Instant::now();
     let mut scanner = Scanner::new(cfg, targets, start);
     let mut progress = ProgressLine::new(start);
-    let mut batch: Vec<(SocketAddr, u16, [u8; 80], usize)> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Transmit> = Vec::with_capacity(BATCH);
     let mut interrupted: Option<Instant> = None;
     loop {
         let now = Instant::now();
@@ -237,17 +239,15 @@ fn run(args: &AuditArgs) -> anyhow::Result<bool> {
         let wait = loop {
             match scanner.poll(now) {
                 Output::Transmit(t) => {
-                    let mut payload = [0u8; 80];
-                    payload[..t.payload().len()].copy_from_slice(t.payload());
-                    batch.push((t.dst, t.src_port, payload, t.payload().len()));
+                    batch.push(t);
                     if batch.len() == BATCH {
-                        flush(&sockets, &mut batch)?;
+                        flush(&mut sockets, &mut batch)?;
                     }
                 }
                 Output::Report(r) => sink.report(*r)?,
                 Output::Wait(w) => break Some(w),
                 Output::Done(summary) => {
-                    flush(&sockets, &mut batch)?;
+                    flush(&mut sockets, &mut batch)?;
                     progress.clear();
                     let found = summary.findings.values().any(|c| c.count > 0);
                     sink.summary(summary)?;
@@ -255,11 +255,17 @@ fn run(args: &AuditArgs) -> anyhow::Result<bool> {
                 }
             }
         };
-        flush(&sockets, &mut batch)?;
+        flush(&mut sockets, &mut batch)?;
         progress.show(&scanner, now);
+        // Below a millisecond poll(2) cannot sleep: look for input without waiting
+        // (a fast scan keeps one core busy, as zmap's sender does).
         let timeout = wait.map(|w| {
-            w.saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(100))
+            let d = w.saturating_duration_since(Instant::now());
+            if d < Duration::from_millis(1) {
+                Duration::ZERO
+            } else {
+                d.min(Duration::from_millis(100))
+            }
         });
         let mut fds = [signals.raw_fd(); 3];
         for (i, s) in sockets.iter().enumerate() {
@@ -286,16 +292,13 @@ fn run(args: &AuditArgs) -> anyhow::Result<bool> {
 }
 
 /// Sends the batch, splitting it by family; a full kernel queue is retried briefly.
-fn flush(
-    sockets: &[RawUdp],
-    batch: &mut Vec<(SocketAddr, u16, [u8; 80], usize)>,
-) -> anyhow::Result<()> {
-    for s in sockets {
+fn flush(sockets: &mut [RawUdp], batch: &mut Vec<Transmit>) -> anyhow::Result<()> {
+    for s in sockets.iter_mut() {
         let v6 = s.is_v6();
         let mine: Vec<(SocketAddr, u16, &[u8])> = batch
             .iter()
-            .filter(|(dst, ..)| dst.is_ipv6() == v6)
-            .map(|(dst, port, payload, len)| (*dst, *port, &payload[..*len]))
+            .filter(|t| t.dst.is_ipv6() == v6)
+            .map(|t| (t.dst, t.src_port, t.payload()))
             .collect();
         let mut at = 0;
         let mut stalls = 0;

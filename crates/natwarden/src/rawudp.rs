@@ -16,10 +16,15 @@ const UDP_HEADER: usize = 8;
 /// Room for an IPv4 header with options, a UDP header and the largest PCP message.
 const RECV_LEN: usize = 60 + UDP_HEADER + 1100;
 
+/// Room for a UDP header and the largest probe the auditor sends.
+const SEND_LEN: usize = UDP_HEADER + natwarden_audit::probe::MAX_PROBE_LEN;
+
 pub struct RawUdp {
     fd: OwnedFd,
     source: IpAddr,
     bufs: Vec<[u8; RECV_LEN]>,
+    /// Reused for every batch sent: no allocation per probe.
+    packets: Vec<[u8; SEND_LEN]>,
 }
 
 /// One received UDP datagram.
@@ -71,6 +76,7 @@ impl RawUdp {
             fd,
             source,
             bufs: vec![[0; RECV_LEN]; BATCH],
+            packets: vec![[0; SEND_LEN]; BATCH],
         })
     }
 
@@ -84,9 +90,9 @@ impl RawUdp {
 
     /// Sends up to [`BATCH`] datagrams `(dst, src_port, payload)` in one call; returns how
     /// many the kernel took (0 when its queue is full).
-    pub fn send(&self, batch: &[(SocketAddr, u16, &[u8])]) -> io::Result<usize> {
+    pub fn send(&mut self, batch: &[(SocketAddr, u16, &[u8])]) -> io::Result<usize> {
         let n = batch.len().min(BATCH);
-        let mut packets = vec![[0u8; UDP_HEADER + 1100]; n];
+        let packets = &mut self.packets;
         let mut names: Vec<(SockAddr, libc::socklen_t)> = Vec::with_capacity(n);
         let mut iovs: Vec<libc::iovec> = Vec::with_capacity(n);
         for (i, &(dst, src_port, payload)) in batch[..n].iter().enumerate() {
@@ -99,7 +105,7 @@ impl RawUdp {
             });
         }
         // SAFETY: all-zero is valid for mmsghdr; the pointers set below stay alive
-        // (names, iovs, packets) until sendmmsg returns.
+        // (names, iovs, self.packets) until sendmmsg returns.
         let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
         for i in 0..n {
             msgs[i].msg_hdr.msg_name = (&mut names[i].0 as *mut SockAddr).cast();

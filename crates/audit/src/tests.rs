@@ -700,3 +700,32 @@ fn memory_is_bounded_by_answering_targets_not_the_range() {
     assert_eq!(sent, 2 << 18);
     assert!(s.answered_len() == 0);
 }
+
+#[test]
+fn excluded_addresses_are_never_probed() {
+    let include = ["192.0.2.0/28".parse::<Cidr>().unwrap()];
+    let exclude = [
+        "192.0.2.4/30".parse::<Cidr>().unwrap(),
+        "192.0.2.9".parse::<Cidr>().unwrap(),
+    ];
+    let targets = Targets::new(&include, &exclude).unwrap();
+    let all: Vec<(IpAddr, Kind)> = (0..16u32)
+        .map(|i| (IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i)), Kind::Leak))
+        .collect();
+    let run = drive(config(false), targets, net(all), None);
+    assert_eq!(run.summary.targets_probed, 11);
+    let reported: Vec<String> = run.reports.keys().map(ToString::to_string).collect();
+    for excluded in [
+        "192.0.2.4",
+        "192.0.2.5",
+        "192.0.2.6",
+        "192.0.2.7",
+        "192.0.2.9",
+    ] {
+        assert!(
+            !reported.iter().any(|r| r == excluded),
+            "{excluded} was probed"
+        );
+    }
+    assert_eq!(reported.len(), 11);
+}

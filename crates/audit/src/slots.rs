@@ -11,7 +11,7 @@ use crate::permutation::mix64;
 
 /// How many ports, from the hashed one on, a target may use when its first is busy. A
 /// reply's port must be one of these for its source to count as answering for itself.
-const CHOICES: u32 = 8;
+const CHOICES: u32 = 32;
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {

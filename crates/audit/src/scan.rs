@@ -139,8 +139,8 @@ struct Answered {
     /// Replies to the non-intrusive probes: [NAT-PMP external address, PCP ANNOUNCE].
     probes_answered: [bool; 2],
     natpmp_address: Option<NatPmpAddress>,
-    natpmp_result: Option<String>,
-    pcp_result: Option<String>,
+    natpmp_result: Option<natpmp::ResultCode>,
+    pcp_result: Option<pcp::ResultCode>,
     network_failure: bool,
     epoch: Option<(u32, Instant)>,
     reply_source: Option<IpAddr>,
@@ -207,6 +207,8 @@ pub struct Scanner {
     intrusive_queue: VecDeque<IpAddr>,
     open_txns: usize,
     reports: VecDeque<TargetReport>,
+    /// Answering targets still to report at the end, last first.
+    unreported: Vec<IpAddr>,
     progress: Progress,
     stray: u64,
     malformed: u64,
@@ -246,6 +248,7 @@ impl Scanner {
             intrusive_queue: VecDeque::new(),
             open_txns: 0,
             reports: VecDeque::new(),
+            unreported: Vec::new(),
             stray: 0,
             malformed: 0,
             aborted: false,
@@ -337,7 +340,7 @@ impl Scanner {
                 match r {
                     natpmp::Response::ExternalAddress(ext) => {
                         entry.probes_answered[0] = true;
-                        entry.natpmp_result = Some(ext.result.description().to_string());
+                        entry.natpmp_result = Some(ext.result);
                         if ext.result == natpmp::ResultCode::NETWORK_FAILURE {
                             entry.network_failure = true;
                         }
@@ -363,7 +366,7 @@ impl Scanner {
                         // UNSUPP_VERSION can only answer the NAT-PMP probe (ours is version 2).
                         let i = usize::from(r.result != pcp::ResultCode::UNSUPP_VERSION);
                         entry.probes_answered[i] = true;
-                        entry.pcp_result = Some(r.result.name().to_string());
+                        entry.pcp_result = Some(r.result);
                         if r.result == pcp::ResultCode::NETWORK_FAILURE {
                             entry.network_failure = true;
                         }
@@ -411,9 +414,19 @@ impl Scanner {
         }
     }
 
+    /// A finished target's report, built from the end-of-run list when none is queued.
+    fn next_report(&mut self) -> Option<TargetReport> {
+        if self.reports.is_empty() {
+            if let Some(t) = self.unreported.pop() {
+                self.report(t);
+            }
+        }
+        self.reports.pop_front()
+    }
+
     /// The next thing to do.
     pub fn poll(&mut self, now: Instant) -> Output {
-        if let Some(r) = self.reports.pop_front() {
+        if let Some(r) = self.next_report() {
             return Output::Report(Box::new(r));
         }
         if let Some(s) = &self.summary {
@@ -432,7 +445,7 @@ impl Scanner {
                 Step::Again => continue,
                 Step::Wait(w) => w,
             };
-            if let Some(r) = self.reports.pop_front() {
+            if let Some(r) = self.next_report() {
                 return Output::Report(Box::new(r));
             }
             if let Phase::Finished = self.phase {
@@ -572,10 +585,10 @@ impl Scanner {
                         .filter(|(_, a)| !a.reported)
                         .map(|(t, _)| *t)
                         .collect();
-                    rest.sort();
-                    for t in rest {
-                        self.report(t);
-                    }
+                    // Built one at a time as they are polled: the reports of a large
+                    // range never all sit in memory at once.
+                    rest.sort_unstable_by(|a, b| b.cmp(a));
+                    self.unreported = rest;
                     self.phase = Phase::Finished;
                     return Step::Wait(now);
                 }
@@ -857,8 +870,8 @@ impl Scanner {
                     .saturating_sub(u64::from(e))
             }),
             reply_source: a.reply_source,
-            nat_pmp_result: a.natpmp_result.clone(),
-            pcp_result: a.pcp_result.clone(),
+            nat_pmp_result: a.natpmp_result.map(|c| c.description().to_string()),
+            pcp_result: a.pcp_result.map(|c| c.name().to_string()),
             findings: classify(target, prober, &evidence),
             mappings: a.txns.iter().map(Txn::report).collect(),
             service_ports,

@@ -26,9 +26,10 @@ use crate::slots::{Attribution, Slots};
 use crate::targets::Targets;
 
 /// The longest a source port stays one target's during the scan (see
-/// [`Scanner::attribution_window`]): with the default 28,232 ports, room for about 110,000
-/// targets a second.
-pub const ATTRIBUTION_WINDOW: Duration = Duration::from_millis(250);
+/// [`Scanner::attribution_window`]): a reply from another address of the target counts
+/// when it comes within this time (most Internet round trips do); with the default 28,232
+/// ports it leaves room for about 56,000 targets a second.
+pub const ATTRIBUTION_WINDOW: Duration = Duration::from_millis(500);
 
 /// How an audit runs. Every field is the user's to set (the CLI validates them).
 #[derive(Debug, Clone)]
@@ -223,8 +224,7 @@ impl Scanner {
         let key = mix64(cfg.seed ^ 0x6e61_7477_6172_6465);
         let order = Permutation::new(targets.len(), cfg.seed, cfg.shard, cfg.shards);
         let interval = Duration::from_nanos(1_000_000_000 / u64::from(cfg.rate.max(1)));
-        let grace = cfg.timeout.min(ATTRIBUTION_WINDOW);
-        let slots = Slots::new(cfg.source_ports.0, cfg.source_ports.1, key, grace);
+        let slots = Slots::new(cfg.source_ports.0, cfg.source_ports.1, key);
         let total = targets.probed_count();
         let totals = Summary::new(cfg.intrusive);
         Scanner {

@@ -5,7 +5,7 @@
 //! gateway answering from its primary address) is attributed to the probed target.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::permutation::mix64;
 
@@ -37,20 +37,17 @@ pub struct Slots {
     base: u16,
     slots: Vec<Option<Slot>>,
     key: u64,
-    /// How long after its hold a port still attributes replies from other addresses.
-    grace: Duration,
 }
 
 impl Slots {
     /// # Panics
     /// If the range is empty (callers validate `--source-ports`).
-    pub fn new(first: u16, last: u16, key: u64, grace: Duration) -> Slots {
+    pub fn new(first: u16, last: u16, key: u64) -> Slots {
         assert!(first <= last);
         Slots {
             base: first,
             slots: vec![None; usize::from(last - first) + 1],
             key,
-            grace,
         }
     }
 
@@ -134,8 +131,10 @@ impl Slots {
         if is_target(src) && self.positions(src).any(|p| p == i) {
             return Attribution::Own(src);
         }
+        // Only while the port is the target's alone: holds never overlap, so this is
+        // never a guess between two targets; a later reply from another address is stray.
         match self.slots[i] {
-            Some(s) if s.target != src && s.until.is_none_or(|u| now <= u + self.grace) => {
+            Some(s) if s.target != src && s.until.is_none_or(|u| now <= u) => {
                 Attribution::Other(s.target)
             }
             _ => Attribution::Stray,
@@ -155,6 +154,7 @@ impl Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn a(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn own_replies_validate_by_key_and_others_by_the_port_table() {
         let now = Instant::now();
-        let mut slots = Slots::new(40000, 40999, 7, Duration::from_secs(1));
+        let mut slots = Slots::new(40000, 40999, 7);
         let t = a("100.64.0.1");
         let port = slots
             .acquire(t, now, Some(now + Duration::from_secs(1)))
@@ -179,7 +179,7 @@ mod tests {
             slots.attribute(sibling, port, now, |x| x != sibling),
             Attribution::Other(t)
         );
-        // ...until the hold and its grace are over.
+        // ...until its hold is over.
         let later = now + Duration::from_secs(3);
         assert_eq!(
             slots.attribute(sibling, port, later, |x| x != sibling),
@@ -194,13 +194,13 @@ mod tests {
     #[test]
     fn busy_ports_make_the_caller_wait_and_release_frees_them() {
         let now = Instant::now();
-        let mut slots = Slots::new(50000, 50000, 1, Duration::ZERO);
+        let mut slots = Slots::new(50000, 50000, 1);
         let held = slots.acquire(a("192.0.2.1"), now, None).expect("free");
         assert_eq!(slots.acquire(a("192.0.2.2"), now, None), Err(None));
         slots.release(held, now);
         assert!(slots.acquire(a("192.0.2.2"), now, None).is_ok());
         let until = now + Duration::from_millis(10);
-        let mut slots = Slots::new(50000, 50000, 1, Duration::ZERO);
+        let mut slots = Slots::new(50000, 50000, 1);
         slots
             .acquire(a("192.0.2.1"), now, Some(until))
             .expect("free");

@@ -13,6 +13,7 @@
 #   AUDIT_BENCH_RATES="20000 50000 100000 200000"  probes/s for both tools
 #   AUDIT_BENCH_CIDR=100.64.0.0/16                the scanned range (inside 100.64.0.0/16)
 #   AUDIT_BENCH_COOLDOWN=1      zmap -c, and our --timeout and --cooldown (seconds)
+#   AUDIT_BENCH_RETRIES=0       our --retries (zmap sends each target one probe, once)
 #   AUDIT_BENCH_SEED=1          population --seed, our --seed, zmap -e
 #   AUDIT_BENCH_INTRUSIVE_RATE=20000   rate of the one --intrusive run ("" skips it)
 #   AUDIT_BENCH_NMAP_CIDR=100.64.0.0/24  the nmap sample ("" skips nmap)
@@ -123,6 +124,7 @@ run_ours() {
   # Exit status 1 means "findings reported": expected here.
   ip netns exec "$scan" timeout "$run_budget" /usr/bin/time -v -o "$work/$tag.time" \
     "$natwarden" audit "$cidr" "${extra[@]}" --rate "$rate" --timeout "$cooldown" \
+    --retries "${AUDIT_BENCH_RETRIES:-0}" \
     --cooldown "$cooldown" --seed "$seed" --json --output "$work/$tag.json" \
     >"$work/$tag.log" 2>&1 || true
   if [ ${#extra[@]} -gt 0 ]; then

@@ -301,15 +301,10 @@ fn flush(sockets: &mut [RawUdp], batch: &mut Vec<Transmit>) -> anyhow::Result<()
             .map(|t| (t.dst, t.src_port, t.payload()))
             .collect();
         let mut at = 0;
-        let mut stalls = 0;
         while at < mine.len() {
             let n = s.send(&mine[at..]).context("sending probes")?;
-            if n == 0 {
-                stalls += 1;
-                if stalls > 1000 {
-                    bail!("the kernel's send queue stayed full for a second: lower --rate");
-                }
-                std::thread::sleep(Duration::from_millis(1));
+            if n == 0 && !s.wait_writable(Duration::from_secs(1))? {
+                bail!("the kernel's send queue stayed full for a second: lower --rate");
             }
             at += n;
         }

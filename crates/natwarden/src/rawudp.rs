@@ -65,10 +65,12 @@ impl RawUdp {
             // The kernel fills in (and checks) the UDP checksum at offset 6 (RFC 3542 3.1).
             setsockopt_int(raw, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 6)?;
         }
-        // Replies to a fast scan arrive in bursts.
+        // Replies to a fast scan arrive in bursts, and probes leave in them.
         let size = 8 << 20;
         setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size)
             .or_else(|_| setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, size))?;
+        setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size / 2)
+            .or_else(|_| setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, size / 2))?;
         let (sa, len) = sockaddr(SocketAddr::new(source, 0));
         // SAFETY: `sa` holds a valid sockaddr of the length passed.
         check(unsafe { libc::bind(raw, (&sa as *const SockAddr).cast(), len) })?;
@@ -82,6 +84,23 @@ impl RawUdp {
 
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Waits until the send queue has room (or `timeout` passes): `false` on timeout.
+    pub fn wait_writable(&self, timeout: std::time::Duration) -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: self.raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one live pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        match check(rc) {
+            Ok(n) => Ok(n > 0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn is_v6(&self) -> bool {

@@ -324,9 +324,7 @@ impl Scanner {
             return;
         }
         let entry = self.answered.entry(target).or_default();
-        if entry.natpmp || entry.pcp {
-            // Already counted.
-        } else {
+        if !(entry.natpmp || entry.pcp) {
             self.progress.answering += 1;
         }
         if source != target {

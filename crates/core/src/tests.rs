@@ -1092,15 +1092,21 @@ mod pcp_tests {
     fn rfc6887_11_3_nonce_must_match_to_renew_or_delete() {
         let mut h = Harness::new(policy());
         h.pcp(lan(HOST), &map(HOST.into(), 6, 8080, 8080, 3600));
-        for lifetime in [3600, 0] {
-            let mut other = map(HOST.into(), 6, 8080, 8080, lifetime);
+        h.advance(100);
+        // "rejected with a NOT_AUTHORIZED error with the lifetime of the error
+        // indicating duration of that existing mapping": 3500 s left, not 7.4's 30 min
+        // (a regression: it was the long error lifetime). Deleting all of the client's
+        // TCP mappings with the wrong nonce says the same.
+        for (port, lifetime) in [(8080, 3600), (8080, 0), (0, 0)] {
+            let mut other = map(HOST.into(), 6, port, 8080, lifetime);
             if let OpData::Map(d) = &mut other.op {
                 d.nonce = pcp::Nonce([9; 12]);
             }
             let r = h.pcp(lan(HOST), &other);
             assert_eq!(
                 (r.result, r.lifetime),
-                (Pcp::NOT_AUTHORIZED, pcp::LONG_ERROR_LIFETIME)
+                (Pcp::NOT_AUTHORIZED, 3500),
+                "port {port}, lifetime {lifetime}"
             );
             assert_eq!(h.kernel.len(), 1, "lifetime {lifetime}");
         }

@@ -31,8 +31,8 @@ const EXT: [u8; 4] = [198, 51, 100, 7];
 const LAN_MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 168, 1, 10];
 /// ::ffff:0.0.0.0, "no preference" for an IPv4 external address (RFC 6887 section 11.1).
 const ANY4_MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
-/// RFC 6887 section 7.4: every error this table provokes is a long lifetime error,
-/// retried after 30 minutes.
+/// RFC 6887 section 7.4: the errors this table provokes are long lifetime errors,
+/// retried after 30 minutes (but for a nonce mismatch, section 11.3).
 const LONG: u32 = 1800;
 
 /// What the daemon must answer to one datagram.
@@ -44,6 +44,9 @@ enum Expect {
     Reply {
         bytes: Vec<u8>,
         epoch_at: Option<usize>,
+        /// A four-byte field that may lie in a range (a lifetime counting down):
+        /// its offset and bounds.
+        window: Option<(usize, u32, u32)>,
     },
 }
 
@@ -89,6 +92,7 @@ fn natpmp_map_reply(op: u8, result: u16, internal: u16, external: u16, lifetime:
     Expect::Reply {
         bytes: b,
         epoch_at: Some(4),
+        window: None,
     }
 }
 
@@ -99,6 +103,7 @@ fn natpmp_external_address_reply() -> Expect {
     Expect::Reply {
         bytes: b,
         epoch_at: Some(4),
+        window: None,
     }
 }
 
@@ -107,6 +112,7 @@ fn natpmp_unsupported_version() -> Expect {
     Expect::Reply {
         bytes: vec![0, 0, 0, 1, 0, 0, 0, 0],
         epoch_at: Some(4),
+        window: None,
     }
 }
 
@@ -123,6 +129,7 @@ fn natpmp_unsupported_opcode(request: &[u8]) -> Expect {
     Expect::Reply {
         bytes: b,
         epoch_at: None,
+        window: None,
     }
 }
 
@@ -398,6 +405,7 @@ fn pcp_copy_error(request: &[u8], result: u8, lifetime: u32) -> Expect {
     Expect::Reply {
         bytes: b,
         epoch_at: Some(8),
+        window: None,
     }
 }
 
@@ -410,6 +418,7 @@ fn pcp_parsed_error(request: &[u8], result: u8, lifetime: u32) -> Expect {
     Expect::Reply {
         bytes: b,
         epoch_at: Some(8),
+        window: None,
     }
 }
 
@@ -428,6 +437,7 @@ fn pcp_map_success(request: &[u8], external: u16, lifetime: u32, options: &[u8])
     Expect::Reply {
         bytes: b,
         epoch_at: Some(8),
+        window: None,
     }
 }
 
@@ -521,6 +531,7 @@ fn pcp_cases() -> Vec<Case> {
         Expect::Reply {
             bytes: reply,
             epoch_at: Some(8),
+            window: None,
         },
     ));
 
@@ -570,10 +581,21 @@ fn pcp_cases() -> Vec<Case> {
         renew.clone(),
         pcp_map_success(&renew, 9004, 7200, &[]),
     ));
-    // Another nonce for an existing mapping: NOT_AUTHORIZED, a long lifetime error.
+    // Another nonce for an existing mapping (section 11.3): "rejected with a
+    // NOT_AUTHORIZED error with the lifetime of the error indicating duration of that
+    // existing mapping", here the 7200 s just granted, less the time since.
     for lifetime in [3600, 0] {
         let b = pcp_map_request([0x99; 12], 17, 9004, 9004, lifetime);
-        let expect = pcp_parsed_error(&b, 2, LONG);
+        let expect = match pcp_parsed_error(&b, 2, 7200) {
+            Expect::Reply {
+                bytes, epoch_at, ..
+            } => Expect::Reply {
+                bytes,
+                epoch_at,
+                window: Some((4, 7190, 7200)),
+            },
+            Expect::Silence => unreachable!("an error reply"),
+        };
         t.push(case(
             format!("another nonce for the same mapping, lifetime {lifetime}"),
             b,
@@ -592,6 +614,7 @@ fn pcp_cases() -> Vec<Case> {
         Expect::Reply {
             bytes: reply,
             epoch_at: Some(8),
+            window: None,
         },
     ));
     let max = pcp_map_request([0x15; 12], 6, 9005, 9005, u32::MAX);
@@ -693,8 +716,28 @@ fn mismatch(expect: &Expect, got: &Option<Vec<u8>>) -> Option<String> {
         (Expect::Reply { bytes, .. }, None) => {
             Some(format!("expected {}, got silence", hex(bytes)))
         }
-        (Expect::Reply { bytes, epoch_at }, Some(g)) => {
+        (
+            Expect::Reply {
+                bytes,
+                epoch_at,
+                window,
+            },
+            Some(g),
+        ) => {
             let mut masked = g.clone();
+            if let Some((at, lo, hi)) = *window {
+                let Some(field) = g.get(at..at + 4) else {
+                    return Some(format!("expected {}, got {}", hex(bytes), hex(g)));
+                };
+                let v = u32::from_be_bytes(field.try_into().expect("4 bytes"));
+                if !(lo..=hi).contains(&v) {
+                    return Some(format!(
+                        "field at {at} is {v}, expected {lo}..={hi}, in {}",
+                        hex(g)
+                    ));
+                }
+                masked[at..at + 4].copy_from_slice(&bytes[at..at + 4]);
+            }
             if let Some(at) = *epoch_at {
                 let Some(epoch) = g.get(at..at + 4) else {
                     return Some(format!("expected {}, got {}", hex(bytes), hex(g)));

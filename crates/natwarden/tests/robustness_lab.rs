@@ -156,7 +156,7 @@ fn natpmp_cases() -> Vec<Case> {
     }
     // Longer than the message: not a request natwarden can read (README: requests of
     // the wrong length are ignored rather than trimmed).
-    for len in [13usize, 14, 16, 64, 1100, 1400] {
+    for len in [13usize, 14, 16, 64, 1100, 1400, 3000] {
         let mut b = map_tcp.clone();
         b.resize(len, 0);
         t.push(case(
@@ -197,7 +197,22 @@ fn natpmp_cases() -> Vec<Case> {
     let mut big = vec![0x5a; 1100];
     big[..2].copy_from_slice(&[0, 99]);
     let expect = natpmp_unsupported_opcode(&big);
-    t.push(case("unsupported opcode 99, 1100 bytes", big, expect));
+    t.push(case(
+        "unsupported opcode 99, 1100 bytes",
+        big.clone(),
+        expect.clone(),
+    ));
+    // Longer still: natwarden's one deliberate cut (README): the echo stops at 1100
+    // bytes, its largest reply, where the RFC says "the entire request".
+    for len in [1400usize, 3000] {
+        let mut b = big.clone();
+        b.resize(len, 0x5b);
+        t.push(case(
+            format!("unsupported opcode 99, {len} bytes: echo cut at 1100"),
+            b,
+            expect.clone(),
+        ));
+    }
     // Section 3.5: opcodes of 128 or more are responses, silently ignored.
     for op in 128u8..=255 {
         let mut b = map_tcp.clone();
@@ -475,7 +490,7 @@ fn pcp_cases() -> Vec<Case> {
     let full = fill(1100);
     let expect = pcp_map_success(&full, 9001, 3600, &[]);
     t.push(case("MAP of exactly 1100 bytes", full, expect));
-    for total in [1104usize, 1400] {
+    for total in [1104usize, 1400, 2100, 3000] {
         let b = fill(total);
         let expect = pcp_copy_error(&b, 3, LONG);
         t.push(case(format!("MAP of {total} bytes"), b, expect));

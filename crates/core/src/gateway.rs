@@ -387,11 +387,20 @@ impl Gateway {
             pcp::VERSION if self.policy.pcp => {
                 self.serve_pcp(now, ingress, datagram, reply, changes)
             }
-            _ if datagram.get(1).is_some_and(|op| op & 0x80 != 0) => {
-                Verdict::Drop(DropReason::NotARequest)
+            // RFC 6887 section 8.2: "less than two octets long, it is silently dropped",
+            // before the version is looked at.
+            _ if self.policy.pcp && datagram.len() < 2 => Verdict::Drop(DropReason::Malformed),
+            _ if self.policy.pcp => {
+                // Section 8.2 again: the R bit is checked before the version.
+                if datagram.get(1).is_some_and(|op| op & 0x80 != 0) {
+                    Verdict::Drop(DropReason::NotARequest)
+                } else {
+                    self.pcp_unsupported_version(now, datagram, reply)
+                }
             }
-            _ if self.policy.pcp => self.pcp_unsupported_version(now, datagram, reply),
-            // NAT-PMP only, and NAT-PMP is IPv4 only.
+            // NAT-PMP only, and NAT-PMP is IPv4 only. RFC 6886 section 3.5 checks the
+            // version before the opcode: any version but 0 gets result 1, even with an
+            // opcode of 128 or more.
             _ if v4 => self.natpmp_unsupported_version(now, reply),
             _ => Verdict::Drop(DropReason::Malformed),
         }

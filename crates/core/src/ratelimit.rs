@@ -50,12 +50,24 @@ impl RateLimiter {
             milli_tokens: cap,
             last: now,
         });
-        let elapsed_ms = now.saturating_duration_since(b.last).as_millis();
-        let refill = u64::try_from(elapsed_ms)
+        // `rate` per second is one thousandth of a request every 1000/rate µs. Only
+        // whole thousandths are credited and `last` moves by just the time they stand
+        // for, so requests closer together than that still add up: rounding each
+        // interval down and restarting from `now` starved any client (or flood) sending
+        // more than ~1000 requests per second of all refill.
+        let elapsed_us = now.saturating_duration_since(b.last).as_micros();
+        let refill = u64::try_from(elapsed_us)
             .unwrap_or(u64::MAX)
-            .saturating_mul(rate);
-        b.milli_tokens = b.milli_tokens.saturating_add(refill).min(cap);
-        b.last = now;
+            .saturating_mul(rate)
+            / 1000;
+        if b.milli_tokens.saturating_add(refill) >= cap {
+            b.milli_tokens = cap;
+            b.last = now;
+        } else if refill > 0 {
+            b.milli_tokens += refill;
+            // refill * 1000 / rate <= elapsed_us, so `last` never passes `now`.
+            b.last += Duration::from_micros(refill.saturating_mul(1000) / rate);
+        }
         if b.milli_tokens >= 1000 {
             b.milli_tokens -= 1000;
             true
@@ -114,6 +126,27 @@ mod tests {
         );
         // Another client is not affected.
         assert!(rl.allow(t0, h("192.168.1.6".parse().expect("addr"))));
+    }
+
+    /// Regression: the refill was counted in whole milliseconds from the previous
+    /// request, so a client sending every 500 µs never got a token back; found by the
+    /// flood lab test (a flooder got far fewer answers than its limit).
+    #[test]
+    fn requests_closer_than_a_millisecond_still_refill_at_rate() {
+        let t0 = Instant::now();
+        let c: IpAddr = "192.168.1.5".parse().expect("addr");
+        let mut rl = RateLimiter::new(20, 16);
+        // 2000 requests 500 µs apart: one second's burst, then 20 over that second.
+        let allowed = (0..2000u64)
+            .filter(|i| rl.allow(t0 + Duration::from_micros(i * 500), c))
+            .count();
+        assert!((39..=41).contains(&allowed), "{allowed} allowed");
+        // And never more than the rate, however the requests are spaced.
+        let mut rl = RateLimiter::new(20, 16);
+        let allowed = (0..1_000_000u64)
+            .filter(|i| rl.allow(t0 + Duration::from_micros(i * 7), c))
+            .count();
+        assert!((159..=161).contains(&allowed), "{allowed} allowed in 7 s");
     }
 
     #[test]

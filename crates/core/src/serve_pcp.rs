@@ -8,16 +8,33 @@ use natwarden_wire::pcp::{
     self, from_wire_address, ipv4_mapped, MapData, OpData, Options, PeerData, Request, Response,
     ResultCode,
 };
+use natwarden_wire::Protocol;
 
 use crate::firewall::FirewallChange;
 use crate::gateway::{Ask, DropReason, Gateway, Ingress, Refusal, Verdict};
-use crate::table::{Mapping, Origin};
+use crate::table::{Mapping, MappingKey, Origin};
 
 /// The lifetime an error response carries (RFC 6887 section 7.4): 30 s for errors
 /// that may clear soon, 30 min for those that will not.
 fn error_lifetime(code: ResultCode) -> u32 {
     code.recommended_lifetime()
         .unwrap_or(pcp::SHORT_ERROR_LIFETIME)
+}
+
+/// An error answer to MAP or PEER: its result code and the lifetime it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refused {
+    code: ResultCode,
+    lifetime: u32,
+}
+
+impl From<ResultCode> for Refused {
+    fn from(code: ResultCode) -> Refused {
+        Refused {
+            code,
+            lifetime: error_lifetime(code),
+        }
+    }
 }
 
 fn result_of(r: Refusal) -> ResultCode {
@@ -131,7 +148,7 @@ impl Gateway {
                     op: OpData::Map(data),
                     options: processed(&req.options),
                 },
-                Err(code) => error(code),
+                Err(r) => req.error_response(r.code, r.lifetime, epoch),
             },
             OpData::Peer(d) => match self.pcp_peer(now, client, req, d, changes) {
                 Ok((data, lifetime)) => Response {
@@ -141,7 +158,7 @@ impl Gateway {
                     op: OpData::Peer(data),
                     options: processed(&req.options),
                 },
-                Err(code) => error(code),
+                Err(r) => req.error_response(r.code, r.lifetime, epoch),
             },
         }
     }
@@ -154,26 +171,26 @@ impl Gateway {
         req: &Request,
         d: MapData,
         changes: &mut Vec<FirewallChange>,
-    ) -> Result<(MapData, u32), ResultCode> {
+    ) -> Result<(MapData, u32), Refused> {
         let protocol = match (d.protocol, d.transport()) {
             (_, Some(p)) => Some(p),
             // Protocol 0 means "all protocols": only meaningful to delete everything.
             (0, None) if req.lifetime == 0 && d.internal_port == 0 => None,
-            _ => return Err(ResultCode::UNSUPP_PROTOCOL),
+            _ => return Err(ResultCode::UNSUPP_PROTOCOL.into()),
         };
         if req.lifetime == 0 {
             self.delete(client, protocol, d.internal_port, Some(d.nonce.0), changes)
-                .map_err(result_of)?;
+                .map_err(|r| self.refused(now, r, client, protocol, d.internal_port))?;
             return Ok((d, 0));
         }
         let (Some(protocol), true) = (protocol, d.internal_port != 0) else {
-            return Err(ResultCode::MALFORMED_REQUEST);
+            return Err(ResultCode::MALFORMED_REQUEST.into());
         };
         // A suggested external address other than ours cannot be honoured.
         let wrong_address = !pcp::is_all_zeros(&d.external_address)
             && from_wire_address(&d.external_address) != self.external_view(client);
         if wrong_address && req.options.prefer_failure {
-            return Err(ResultCode::CANNOT_PROVIDE_EXTERNAL);
+            return Err(ResultCode::CANNOT_PROVIDE_EXTERNAL.into());
         }
         let ask = Ask {
             client,
@@ -186,7 +203,9 @@ impl Gateway {
             prefer_failure: req.options.prefer_failure,
             peer: false,
         };
-        let m = self.grant(now, ask, changes).map_err(result_of)?;
+        let m = self
+            .grant(now, ask, changes)
+            .map_err(|r| self.refused(now, r, client, Some(protocol), d.internal_port))?;
         Ok((self.assigned(m, d), lifetime_left(&m, now)))
     }
 
@@ -199,9 +218,9 @@ impl Gateway {
         req: &Request,
         d: PeerData,
         changes: &mut Vec<FirewallChange>,
-    ) -> Result<(PeerData, u32), ResultCode> {
+    ) -> Result<(PeerData, u32), Refused> {
         let Some(protocol) = d.transport() else {
-            return Err(ResultCode::UNSUPP_PROTOCOL);
+            return Err(ResultCode::UNSUPP_PROTOCOL.into());
         };
         if req.lifetime == 0 {
             // A PEER cannot delete the mapping; it only stops asking for more time.
@@ -227,8 +246,44 @@ impl Gateway {
             prefer_failure: d.external_port != 0,
             peer: true,
         };
-        let m = self.grant(now, ask, changes).map_err(result_of)?;
+        let m = self
+            .grant(now, ask, changes)
+            .map_err(|r| self.refused(now, r, client, Some(protocol), d.internal_port))?;
         Ok((self.assigned_peer(m, d), lifetime_left(&m, now)))
+    }
+
+    /// The error answer to a refused MAP or PEER. Section 11.3: a request whose nonce
+    /// does not match the existing mapping's "MUST be rejected with a NOT_AUTHORIZED
+    /// error with the lifetime of the error indicating duration of that existing
+    /// mapping" (for a set of mappings, the longest); section 7.4's lifetimes otherwise.
+    fn refused(
+        &self,
+        now: Instant,
+        r: Refusal,
+        client: IpAddr,
+        protocol: Option<Protocol>,
+        internal_port: u16,
+    ) -> Refused {
+        let mut out = Refused::from(result_of(r));
+        if r == Refusal::NonceMismatch {
+            let keys = match (protocol, internal_port) {
+                (Some(protocol), port) if port != 0 => vec![MappingKey {
+                    client,
+                    protocol,
+                    internal_port: port,
+                }],
+                (p, _) => self.table.keys_of(client, p),
+            };
+            if let Some(left) = keys
+                .iter()
+                .filter_map(|k| self.table.get(k))
+                .map(|m| lifetime_left(&m, now))
+                .max()
+            {
+                out.lifetime = left;
+            }
+        }
+        out
     }
 
     /// The address the outside sees for `client`: ours for IPv4 (NAT), its own for

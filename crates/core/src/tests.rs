@@ -355,6 +355,26 @@ fn rfc6886_3_5_unsupported_version_gets_result_1_in_nat_pmp_only_mode() {
     }
 }
 
+/// Regression: the dispatcher looked at the opcode byte before the version, so a
+/// NAT-PMP-only gateway ignored version-1/2/255 datagrams whose opcode had the top bit
+/// set, where RFC 6886 section 3.5 checks the version first.
+#[test]
+fn rfc6886_3_5_version_is_checked_before_the_opcode_in_nat_pmp_only_mode() {
+    let mut p = policy();
+    p.pcp = false;
+    let mut h = Harness::new(p);
+    for request in [&[1u8, 0x80][..], &[2, 0x81, 0, 0], &[255, 0xff], &[1]] {
+        let reply = h.send_raw(lan(HOST), request).expect("answered");
+        assert_eq!(reply, vec![0, 0, 0, 1, 0, 0, 0, 0], "{request:?}");
+    }
+    // Version 0 with a response opcode is still ignored.
+    assert_eq!(
+        h.send_raw(lan(HOST), &[0, 0x80]),
+        Err(DropReason::NotARequest)
+    );
+    assert_eq!(h.send_raw(lan(HOST), &[0]), Err(DropReason::Malformed));
+}
+
 #[test]
 fn rfc6886_3_5_unsupported_opcode_echoes_request_with_result_5() {
     let mut h = Harness::new(policy());
@@ -1109,15 +1129,21 @@ mod pcp_tests {
     fn rfc6887_11_3_nonce_must_match_to_renew_or_delete() {
         let mut h = Harness::new(policy());
         h.pcp(lan(HOST), &map(HOST.into(), 6, 8080, 8080, 3600));
-        for lifetime in [3600, 0] {
-            let mut other = map(HOST.into(), 6, 8080, 8080, lifetime);
+        h.advance(100);
+        // "rejected with a NOT_AUTHORIZED error with the lifetime of the error
+        // indicating duration of that existing mapping": 3500 s left, not 7.4's 30 min
+        // (a regression: it was the long error lifetime). Deleting all of the client's
+        // TCP mappings with the wrong nonce says the same.
+        for (port, lifetime) in [(8080, 3600), (8080, 0), (0, 0)] {
+            let mut other = map(HOST.into(), 6, port, 8080, lifetime);
             if let OpData::Map(d) = &mut other.op {
                 d.nonce = pcp::Nonce([9; 12]);
             }
             let r = h.pcp(lan(HOST), &other);
             assert_eq!(
                 (r.result, r.lifetime),
-                (Pcp::NOT_AUTHORIZED, pcp::LONG_ERROR_LIFETIME)
+                (Pcp::NOT_AUTHORIZED, 3500),
+                "port {port}, lifetime {lifetime}"
             );
             assert_eq!(h.kernel.len(), 1, "lifetime {lifetime}");
         }
@@ -1276,6 +1302,31 @@ mod pcp_tests {
         let mut h = Harness::new(p);
         let reply = h.send_raw(lan(HOST), &ADDR_REQ).expect("answered");
         assert_eq!((reply[0], reply[3]), (2, Pcp::UNSUPP_VERSION.0));
+    }
+
+    /// Regression: a one-octet datagram of any version but 0 and 2 was answered with
+    /// UNSUPP_VERSION; RFC 6887 section 8.2 drops anything shorter than two octets
+    /// before looking at the version.
+    #[test]
+    fn rfc6887_8_2_one_octet_datagrams_are_dropped_whatever_the_version() {
+        let mut h = Harness::new(policy());
+        for version in [0u8, 1, 2, 3, 255] {
+            assert_eq!(
+                h.send_raw(lan(HOST), &[version]),
+                Err(DropReason::Malformed),
+                "version {version}"
+            );
+        }
+        // Two octets of an unsupported version are answered, R bit clear.
+        let reply = h.send_raw(lan(HOST), &[1, 0]).expect("answered");
+        assert_eq!(
+            (reply.len(), reply[0], reply[1], reply[3]),
+            (24, 2, 0x80, 1)
+        );
+        assert_eq!(
+            h.send_raw(lan(HOST), &[1, 0x80]),
+            Err(DropReason::NotARequest)
+        );
     }
 
     #[test]

@@ -241,6 +241,8 @@ impl Daemon {
     }
 
     fn serve(&mut self) -> anyhow::Result<()> {
+        // Larger than any message (PCP's 1100 octets), so a longer datagram, cut here,
+        // still reads as too long and gets its answer (RFC 6887 section 8.2).
         let mut buf = [0u8; 2048];
         loop {
             let now = Instant::now();
@@ -325,7 +327,7 @@ impl Daemon {
                 continue;
             };
             let Some(ingress) = rx.ingress else {
-                // Truncated or without IP_PKTINFO: we cannot tell where it came from.
+                // Without IP_PKTINFO: we cannot tell where it came from.
                 self.drops.record(now, DropReason::Malformed, rx.source, 0);
                 continue;
             };

@@ -129,9 +129,12 @@ impl PktinfoSocket {
         self.fd.as_raw_fd()
     }
 
-    /// One datagram, or `None` when none is waiting. Truncated datagrams (larger than
-    /// `buf`) and datagrams without pktinfo come back with `ingress: None` so the
-    /// caller can count and drop them.
+    /// One datagram, or `None` when none is waiting. A datagram larger than `buf` comes
+    /// back cut at `buf.len()`: with a buffer larger than any message (PCP's 1100
+    /// octets) the cut one is still recognisably too long, and RFC 6887 section 8.2
+    /// answers it (MALFORMED_REQUEST) from its first 1100 octets alone. Datagrams
+    /// without pktinfo come back with `ingress: None` so the caller can count and drop
+    /// them.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<Received>> {
         // SAFETY: all-zero is valid for these plain C structs.
         let mut name: SockAddr = unsafe { zeroed() };
@@ -176,13 +179,6 @@ impl PktinfoSocket {
                 ))
             }
         };
-        if msg.msg_flags & libc::MSG_TRUNC != 0 {
-            return Ok(Some(Received {
-                len,
-                source,
-                ingress: None,
-            }));
-        }
         let mut ingress = None;
         // SAFETY: the CMSG_* helpers walk `control`, which the kernel filled and whose
         // length it set in msg_controllen; each header's length is checked before its

@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn requests_closer_than_a_millisecond_still_refill_at_rate() {
         let t0 = Instant::now();
-        let c: IpAddr = "192.168.1.5".parse().expect("addr");
+        let c = h("192.168.1.5".parse().expect("addr"));
         let mut rl = RateLimiter::new(20, 16);
         // 2000 requests 500 µs apart: one second's burst, then 20 over that second.
         let allowed = (0..2000u64)

@@ -1,20 +1,20 @@
-//! The gateway state machine: `(now, ingress facts, bytes) -> (reply, firewall
-//! changes)`, plus timers for expiry and announcements. No sockets, no clock.
+//! The gateway state machine: datagrams and time go in (`handle`, `poll(now)`), one
+//! queue of outputs comes out (`poll`). No sockets, no clock.
 //! NAT-PMP and PCP share its ingress rules, mapping table and epoch.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use natwarden_wire::{natpmp, pcp, Protocol};
 
 use crate::firewall::{FirewallChange, Installed};
+use crate::output::{
+    Announcement, Answer, Multicast, Output, Reply, StateEvent, Transmit, MAX_REPLY,
+};
 use crate::policy::{Permissions, Policy};
 use crate::ratelimit::RateLimiter;
 use crate::table::{Mapping, MappingKey, MappingTable, Nonce, Origin};
-
-/// Largest reply the core writes (PCP's maximum message size, RFC 6887 section 7; an
-/// "unsupported opcode" echo of a NAT-PMP request is capped here too).
-pub const MAX_REPLY: usize = 1100;
 
 /// RFC 6886 section 3.2.1: 10 announcements, the first two 250 ms apart, then doubling.
 const ANNOUNCE_COUNT: u8 = 10;
@@ -88,10 +88,10 @@ impl DropReason {
 
 /// The core's decision about one datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Send the first `n` bytes of the reply buffer back to the source, from the
     /// destination address, out of the ingress interface.
-    Reply(usize),
+    Reply(usize, Answer),
     Drop(DropReason),
 }
 
@@ -114,16 +114,6 @@ impl Stats {
     }
 }
 
-/// A change to the mapping table, for the daemon's state journal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StateEvent {
-    /// Created or renewed (the expiry moved).
-    Upsert(Mapping),
-    Remove(MappingKey),
-    /// State was lost or the external address changed: the epoch restarts at zero.
-    NewEpoch,
-}
-
 /// Why a saved mapping was not restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
@@ -135,28 +125,6 @@ pub enum RestoreError {
     Conflict,
     #[error("it is beyond mappings.max_per_client or mappings.max_total")]
     OverQuota,
-}
-
-/// Where an unsolicited announcement goes: 224.0.0.1:5350 or [ff02::1]:5350, on
-/// every internal interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Multicast {
-    V4,
-    V6,
-}
-
-/// One unsolicited announcement (RFC 6886 section 3.2.1, RFC 6887 section 14.1.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Announcement {
-    pub to: Multicast,
-    pub len: usize,
-    pub bytes: [u8; 24],
-}
-
-impl Announcement {
-    pub fn payload(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
 }
 
 #[derive(Debug)]
@@ -219,8 +187,8 @@ pub struct Gateway {
     epoch_start: Instant,
     epoch_offset: u32,
     pub(crate) external_address: Option<Ipv4Addr>,
-    /// Table changes not yet persisted, drained by the daemon's state journal.
-    events: Vec<StateEvent>,
+    /// Outputs not yet polled, in the order they happened.
+    outputs: VecDeque<Output>,
     announcer: Announcer,
     next_prune: Instant,
     rng: u64,
@@ -245,7 +213,7 @@ impl Gateway {
             epoch_start: now,
             epoch_offset: 0,
             external_address,
-            events: Vec::new(),
+            outputs: VecDeque::new(),
             announcer: Announcer::start(now),
             next_prune: now + PRUNE_INTERVAL,
             // xorshift must not start at zero.
@@ -300,47 +268,63 @@ impl Gateway {
         out
     }
 
-    /// Handles one datagram. The reply, if any, is written to `reply` (at least
-    /// [`MAX_REPLY`] bytes); firewall changes are appended to `changes`. The caller
-    /// applies the changes before sending the reply, so nothing is acknowledged that
-    /// the kernel does not hold.
-    pub fn handle(
-        &mut self,
-        now: Instant,
-        ingress: &Ingress,
-        datagram: &[u8],
-        reply: &mut [u8],
-        changes: &mut Vec<FirewallChange>,
-    ) -> Verdict {
+    /// Handles one datagram. Its outputs (firewall changes, journal records, then the
+    /// reply or the reason for silence) are queued for [`Gateway::poll`].
+    pub fn handle(&mut self, now: Instant, ingress: &Ingress, datagram: &[u8]) {
         self.stats.requests += 1;
-        let verdict = self.decide(now, ingress, datagram, reply, changes);
-        match verdict {
-            Verdict::Drop(r) => self.stats.drops[r.index()] += 1,
-            Verdict::Reply(n) => self.count_result(&reply[..n.min(reply.len())]),
+        let mut reply = [0u8; MAX_REPLY];
+        match self.decide(now, ingress, datagram, &mut reply) {
+            Verdict::Drop(reason) => {
+                self.stats.drops[reason.index()] += 1;
+                self.outputs.push_back(Output::Dropped {
+                    ingress: *ingress,
+                    reason,
+                });
+            }
+            Verdict::Reply(n, result) => {
+                self.count_result(result);
+                self.outputs
+                    .push_back(Output::Transmit(Transmit::Reply(Reply {
+                        to: *ingress,
+                        result,
+                        payload: reply[..n.min(MAX_REPLY)].to_vec(),
+                    })));
+            }
         }
-        verdict
     }
 
-    fn count_result(&mut self, reply: &[u8]) {
-        match reply {
-            // NAT-PMP: the result code is bytes 2..4.
-            [0, _, hi, lo, ..] => {
-                if let Some(slot) = self
-                    .stats
-                    .results
-                    .get_mut(usize::from(u16::from_be_bytes([*hi, *lo])))
-                {
-                    *slot += 1;
-                }
-            }
-            // PCP: byte 3.
-            [pcp::VERSION, _, _, code, ..] => {
-                if let Some(slot) = self.stats.pcp_results.get_mut(usize::from(*code)) {
-                    *slot += 1;
-                }
-            }
-            _ => {}
+    /// The next output: what is queued first; when nothing is, the timers due at `now`
+    /// (expiry, announcements, housekeeping) run; when they produce nothing either,
+    /// [`Output::Wait`] with the time to come back. Poll until `Wait` after every input.
+    pub fn poll(&mut self, now: Instant) -> Output {
+        if self.outputs.is_empty() {
+            self.handle_timeout(now);
         }
+        self.outputs
+            .pop_front()
+            .unwrap_or_else(|| Output::Wait(self.poll_timeout()))
+    }
+
+    fn count_result(&mut self, result: Answer) {
+        let slot = match result {
+            Answer::NatPmp(code) => self.stats.results.get_mut(usize::from(code.0)),
+            Answer::Pcp(code) => self.stats.pcp_results.get_mut(usize::from(code.0)),
+        };
+        if let Some(slot) = slot {
+            *slot += 1;
+        }
+    }
+
+    /// Queues the kernel side of adding or removing `m`.
+    pub(crate) fn push_firewall(&mut self, m: &Mapping, add: bool) {
+        let mut changes = Vec::new();
+        m.kernel_changes(add, &mut changes);
+        self.outputs
+            .extend(changes.into_iter().map(Output::Firewall));
+    }
+
+    pub(crate) fn push_journal(&mut self, e: StateEvent) {
+        self.outputs.push_back(Output::Journal(e));
     }
 
     fn decide(
@@ -349,7 +333,6 @@ impl Gateway {
         ingress: &Ingress,
         datagram: &[u8],
         reply: &mut [u8],
-        changes: &mut Vec<FirewallChange>,
     ) -> Verdict {
         if let Err(reason) = self.check_ingress(ingress) {
             return Verdict::Drop(reason);
@@ -368,11 +351,9 @@ impl Gateway {
         let v4 = ingress.source.is_ipv4();
         match version {
             natpmp::VERSION if self.policy.nat_pmp && v4 => {
-                self.serve_natpmp(now, ingress, datagram, reply, changes)
+                self.serve_natpmp(now, ingress, datagram, reply)
             }
-            pcp::VERSION if self.policy.pcp => {
-                self.serve_pcp(now, ingress, datagram, reply, changes)
-            }
+            pcp::VERSION if self.policy.pcp => self.serve_pcp(now, ingress, datagram, reply),
             _ if datagram.get(1).is_some_and(|op| op & 0x80 != 0) => {
                 Verdict::Drop(DropReason::NotARequest)
             }
@@ -455,12 +436,7 @@ impl Gateway {
 
     /// Creates or renews a mapping (protocol-neutral part of RFC 6886 section 3.3 and
     /// RFC 6887 sections 11.3 and 12.3).
-    pub(crate) fn grant(
-        &mut self,
-        now: Instant,
-        ask: Ask,
-        changes: &mut Vec<FirewallChange>,
-    ) -> Result<Mapping, Refusal> {
+    pub(crate) fn grant(&mut self, now: Instant, ask: Ask) -> Result<Mapping, Refusal> {
         if ask.client.is_ipv4() && self.external_address.is_none() {
             return Err(Refusal::NetworkFailure);
         }
@@ -504,9 +480,9 @@ impl Gateway {
                 outbound: new.outbound && !old.outbound,
                 ..new
             };
-            added.kernel_changes(true, changes);
+            self.push_firewall(&added, true);
             self.table.update(new);
-            self.events.push(StateEvent::Upsert(new));
+            self.push_journal(StateEvent::Upsert(new));
             return Ok(new);
         }
         if self.table.len() >= self.policy.max_total as usize {
@@ -545,8 +521,8 @@ impl Gateway {
         };
         self.table.insert(m);
         self.stats.mappings_created += 1;
-        self.events.push(StateEvent::Upsert(m));
-        m.kernel_changes(true, changes);
+        self.push_journal(StateEvent::Upsert(m));
+        self.push_firewall(&m, true);
         Ok(m)
     }
 
@@ -560,7 +536,6 @@ impl Gateway {
         protocol: Option<Protocol>,
         internal_port: u16,
         nonce: Option<Nonce>,
-        changes: &mut Vec<FirewallChange>,
     ) -> Result<(), Refusal> {
         let keys = match (protocol, internal_port) {
             (Some(p), port) if port != 0 => vec![MappingKey {
@@ -579,7 +554,7 @@ impl Gateway {
                 refused = true;
                 continue;
             }
-            self.remove_mapping(&k, changes);
+            self.remove_mapping(&k);
         }
         // Section 3.4: delete as many as possible, but say so when some were not.
         if refused {
@@ -663,7 +638,7 @@ impl Gateway {
         x
     }
 
-    /// When the core next needs [`Gateway::handle_timeout`].
+    /// When the core next has something to do without an input ([`Output::Wait`]).
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.table.next_expiry(),
@@ -677,13 +652,15 @@ impl Gateway {
     }
 
     /// Expires mappings (RFC 6886 section 3.4: "at the time its lifetime expires, the
-    /// mapping MUST be automatically deleted") and does housekeeping.
-    pub fn handle_timeout(&mut self, now: Instant, changes: &mut Vec<FirewallChange>) {
+    /// mapping MUST be automatically deleted"), queues the announcements due and does
+    /// housekeeping.
+    fn handle_timeout(&mut self, now: Instant) {
         // Expiry needs no journal record: the stored expiry time says it already.
         for m in self.table.expire(now) {
             self.stats.mappings_expired += 1;
-            m.kernel_changes(false, changes);
+            self.push_firewall(&m, false);
         }
+        self.announce(now);
         if now >= self.next_prune {
             self.limiter.prune(now);
             self.next_prune = now + PRUNE_INTERVAL;
@@ -695,10 +672,10 @@ impl Gateway {
         self.policy.pcp || (self.policy.nat_pmp && self.external_address.is_some())
     }
 
-    /// The announcements due now (RFC 6886 section 3.2.1; RFC 6887 section 14.1.3), to
-    /// be multicast on every internal interface: the NAT-PMP external address and the
-    /// PCP ANNOUNCE, each with the current epoch.
-    pub fn poll_announcements(&mut self, now: Instant, out: &mut Vec<Announcement>) {
+    /// Queues the announcements due now (RFC 6886 section 3.2.1; RFC 6887 section
+    /// 14.1.3), to be multicast on every internal interface: the NAT-PMP external
+    /// address and the PCP ANNOUNCE, each with the current epoch.
+    fn announce(&mut self, now: Instant) {
         if !self.has_announcements() {
             return;
         }
@@ -726,18 +703,23 @@ impl Gateway {
                 address,
             });
             a.len = r.emit(&mut a.bytes);
-            out.push(a);
+            self.push_announcement(a);
         }
         if self.policy.pcp {
             a.len = pcp::Response::announce(epoch).emit(&mut a.bytes);
-            out.push(a);
+            self.push_announcement(a);
             if self.policy.internal.iter().any(|i| !i.nets6.is_empty()) {
-                out.push(Announcement {
+                self.push_announcement(Announcement {
                     to: Multicast::V6,
                     ..a
                 });
             }
         }
+    }
+
+    fn push_announcement(&mut self, a: Announcement) {
+        self.outputs
+            .push_back(Output::Transmit(Transmit::Announcement(a)));
     }
 
     /// A new (or lost) external address: new epoch so clients re-map (RFC 6886 section
@@ -754,35 +736,27 @@ impl Gateway {
         self.epoch_start = now;
         self.epoch_offset = 0;
         self.announcer = Announcer::start(now);
-        self.events.push(StateEvent::NewEpoch);
+        self.push_journal(StateEvent::NewEpoch);
     }
 
     /// Forgets every mapping (e.g. the kernel refused a change and the table can no
     /// longer be trusted to match it): new epoch and announcements, so that clients
-    /// re-create what they need (RFC 6886 section 3.7). Returns the mappings dropped;
-    /// the daemon reinstalls the firewall from the (now empty) table.
+    /// re-create what they need (RFC 6886 section 3.7). Returns the mappings dropped.
+    /// Outputs not yet polled are discarded: the daemon reinstalls the firewall and
+    /// rewrites the journal from the (now empty) table.
     pub fn reset(&mut self, now: Instant) -> Vec<Mapping> {
         self.new_epoch(now);
+        self.outputs.clear();
         self.table.clear()
     }
 
-    pub(crate) fn remove_mapping(
-        &mut self,
-        key: &MappingKey,
-        changes: &mut Vec<FirewallChange>,
-    ) -> bool {
+    pub(crate) fn remove_mapping(&mut self, key: &MappingKey) -> bool {
         let Some(m) = self.table.remove(key) else {
             return false;
         };
-        self.events.push(StateEvent::Remove(*key));
-        m.kernel_changes(false, changes);
+        self.push_journal(StateEvent::Remove(*key));
+        self.push_firewall(&m, false);
         true
-    }
-
-    /// Table changes since the last call, in order, for the state journal. The daemon
-    /// makes them durable before it sends the replies that acknowledge them.
-    pub fn drain_events(&mut self) -> std::vec::Drain<'_, StateEvent> {
-        self.events.drain(..)
     }
 
     /// Continues an epoch saved by an earlier run (RFC 6886 section 3.6 allows this
@@ -794,8 +768,9 @@ impl Gateway {
 
     /// Puts back a mapping saved by an earlier run, with the lifetime it has left. It
     /// is checked against the current policy like a new request (a config change while
-    /// the daemon was down must not resurrect what is no longer allowed). Its kernel
-    /// entries come from [`Gateway::installed`] for the atomic reinstall at start-up.
+    /// the daemon was down must not resurrect what is no longer allowed). Nothing is
+    /// queued: its kernel entries come from [`Gateway::installed`] for the atomic
+    /// reinstall at start-up, and the daemon's journal starts with a snapshot.
     pub fn restore(
         &mut self,
         now: Instant,
@@ -844,18 +819,12 @@ impl Gateway {
             ..saved
         };
         self.table.insert(m);
-        self.events.push(StateEvent::Upsert(m));
         Ok(())
     }
 
     /// Admin removal (`natwarden status --delete`): every mapping of `client`, or the
     /// one for `(protocol, internal_port)`. Returns how many were removed.
-    pub fn admin_delete(
-        &mut self,
-        client: IpAddr,
-        which: Option<(Protocol, u16)>,
-        changes: &mut Vec<FirewallChange>,
-    ) -> usize {
+    pub fn admin_delete(&mut self, client: IpAddr, which: Option<(Protocol, u16)>) -> usize {
         let keys: Vec<MappingKey> = match which {
             Some((protocol, internal_port)) => vec![MappingKey {
                 client,
@@ -864,14 +833,12 @@ impl Gateway {
             }],
             None => self.table.keys_of(client, None),
         };
-        keys.iter()
-            .filter(|k| self.remove_mapping(k, changes))
-            .count()
+        keys.iter().filter(|k| self.remove_mapping(k)).count()
     }
 
     /// A reloaded policy (SIGHUP). Mappings the new policy would not grant are removed
     /// at once: a tightened rule must not leave old forwards open until they expire.
-    pub fn set_policy(&mut self, policy: Policy, changes: &mut Vec<FirewallChange>) {
+    pub fn set_policy(&mut self, policy: Policy) {
         self.permissions = Permissions::new(&policy);
         self.limiter =
             RateLimiter::new(policy.requests_per_second_per_client, RATE_LIMITED_CLIENTS);
@@ -896,7 +863,7 @@ impl Gateway {
             .map(|m| m.key)
             .collect();
         for k in doomed {
-            self.remove_mapping(&k, changes);
+            self.remove_mapping(&k);
         }
         // A lowered quota applies to what exists: the oldest mappings beyond it close.
         let mut per_client: std::collections::HashMap<IpAddr, u32> = Default::default();
@@ -911,13 +878,13 @@ impl Gateway {
             }
         }
         for k in over_quota.iter().rev() {
-            self.remove_mapping(k, changes);
+            self.remove_mapping(k);
         }
         let total = self.policy.max_total as usize;
         if self.table.len() > total {
             let excess = self.table.len() - total;
             for k in self.table.keys_oldest_first().into_iter().take(excess) {
-                self.remove_mapping(&k, changes);
+                self.remove_mapping(&k);
             }
         }
     }

@@ -9,8 +9,8 @@ use natwarden_wire::pcp::{
     ResultCode,
 };
 
-use crate::firewall::FirewallChange;
 use crate::gateway::{Ask, DropReason, Gateway, Ingress, Refusal, Verdict};
+use crate::output::Answer;
 use crate::table::{Mapping, Origin};
 
 /// The lifetime an error response carries (RFC 6887 section 7.4): 30 s for errors
@@ -37,7 +37,6 @@ impl Gateway {
         ingress: &Ingress,
         datagram: &[u8],
         reply: &mut [u8],
-        changes: &mut Vec<FirewallChange>,
     ) -> Verdict {
         let epoch = self.epoch(now);
         let request = match Request::parse(datagram) {
@@ -45,13 +44,10 @@ impl Gateway {
             Err(e) => {
                 // Section 8.3: some malformed requests are answered, some dropped.
                 return match e.result_code() {
-                    Some(code) => Verdict::Reply(pcp::emit_error_reply(
-                        datagram,
-                        code,
-                        error_lifetime(code),
-                        epoch,
-                        reply,
-                    )),
+                    Some(code) => Verdict::Reply(
+                        pcp::emit_error_reply(datagram, code, error_lifetime(code), epoch, reply),
+                        Answer::Pcp(code),
+                    ),
                     None if datagram.get(1).is_some_and(|op| op & 0x80 != 0) => {
                         Verdict::Drop(DropReason::NotARequest)
                     }
@@ -59,8 +55,8 @@ impl Gateway {
                 };
             }
         };
-        let response = self.pcp_response(now, ingress, &request, epoch, changes);
-        Verdict::Reply(response.emit(reply))
+        let response = self.pcp_response(now, ingress, &request, epoch);
+        Verdict::Reply(response.emit(reply), Answer::Pcp(response.result))
     }
 
     /// Section 9: any version but 0 and 2 is answered with UNSUPP_VERSION naming 2.
@@ -71,13 +67,10 @@ impl Gateway {
         reply: &mut [u8],
     ) -> Verdict {
         let code = ResultCode::UNSUPP_VERSION;
-        Verdict::Reply(pcp::emit_error_reply(
-            datagram,
-            code,
-            error_lifetime(code),
-            self.epoch(now),
-            reply,
-        ))
+        Verdict::Reply(
+            pcp::emit_error_reply(datagram, code, error_lifetime(code), self.epoch(now), reply),
+            Answer::Pcp(code),
+        )
     }
 
     fn pcp_response(
@@ -86,7 +79,6 @@ impl Gateway {
         ingress: &Ingress,
         req: &Request,
         epoch: u32,
-        changes: &mut Vec<FirewallChange>,
     ) -> Response {
         let error = |code: ResultCode| req.error_response(code, error_lifetime(code), epoch);
         let source = ingress.source.ip();
@@ -123,7 +115,7 @@ impl Gateway {
                 op: OpData::Announce,
                 options: Options::NONE,
             },
-            OpData::Map(d) => match self.pcp_map(now, client, req, d, changes) {
+            OpData::Map(d) => match self.pcp_map(now, client, req, d) {
                 Ok((data, lifetime)) => Response {
                     result: ResultCode::SUCCESS,
                     lifetime,
@@ -133,7 +125,7 @@ impl Gateway {
                 },
                 Err(code) => error(code),
             },
-            OpData::Peer(d) => match self.pcp_peer(now, client, req, d, changes) {
+            OpData::Peer(d) => match self.pcp_peer(now, client, req, d) {
                 Ok((data, lifetime)) => Response {
                     result: ResultCode::SUCCESS,
                     lifetime,
@@ -153,7 +145,6 @@ impl Gateway {
         client: IpAddr,
         req: &Request,
         d: MapData,
-        changes: &mut Vec<FirewallChange>,
     ) -> Result<(MapData, u32), ResultCode> {
         let protocol = match (d.protocol, d.transport()) {
             (_, Some(p)) => Some(p),
@@ -162,7 +153,7 @@ impl Gateway {
             _ => return Err(ResultCode::UNSUPP_PROTOCOL),
         };
         if req.lifetime == 0 {
-            self.delete(client, protocol, d.internal_port, Some(d.nonce.0), changes)
+            self.delete(client, protocol, d.internal_port, Some(d.nonce.0))
                 .map_err(result_of)?;
             return Ok((d, 0));
         }
@@ -186,7 +177,7 @@ impl Gateway {
             prefer_failure: req.options.prefer_failure,
             peer: false,
         };
-        let m = self.grant(now, ask, changes).map_err(result_of)?;
+        let m = self.grant(now, ask).map_err(result_of)?;
         Ok((self.assigned(m, d), lifetime_left(&m, now)))
     }
 
@@ -198,7 +189,6 @@ impl Gateway {
         client: IpAddr,
         req: &Request,
         d: PeerData,
-        changes: &mut Vec<FirewallChange>,
     ) -> Result<(PeerData, u32), ResultCode> {
         let Some(protocol) = d.transport() else {
             return Err(ResultCode::UNSUPP_PROTOCOL);
@@ -227,7 +217,7 @@ impl Gateway {
             prefer_failure: d.external_port != 0,
             peer: true,
         };
-        let m = self.grant(now, ask, changes).map_err(result_of)?;
+        let m = self.grant(now, ask).map_err(result_of)?;
         Ok((self.assigned_peer(m, d), lifetime_left(&m, now)))
     }
 

@@ -39,7 +39,10 @@ struct Harness {
     kernel: BTreeSet<Forward>,
     outbound: BTreeSet<Outbound>,
     pinholes: BTreeSet<Pinhole>,
-    reply: [u8; MAX_REPLY],
+    /// Journal records polled so far, in order.
+    events: Vec<StateEvent>,
+    /// Announcements polled so far, not yet taken by a test.
+    announced: Vec<Announcement>,
 }
 
 impl Harness {
@@ -52,15 +55,35 @@ impl Harness {
             kernel: BTreeSet::new(),
             outbound: BTreeSet::new(),
             pinholes: BTreeSet::new(),
-            reply: [0; MAX_REPLY],
+            events: Vec::new(),
+            announced: Vec::new(),
         }
     }
 
     fn advance(&mut self, secs: u64) {
         self.now += Duration::from_secs(secs);
-        let mut changes = Vec::new();
-        self.gw.handle_timeout(self.now, &mut changes);
-        self.apply(changes);
+        self.drain();
+    }
+
+    /// Polls the gateway at `self.now` until it waits, carrying out its outputs as the
+    /// daemon would: firewall changes applied, journal records and announcements kept;
+    /// returns the replies and drops.
+    fn drain(&mut self) -> Vec<Result<Reply, DropReason>> {
+        self.drain_at(self.now)
+    }
+
+    fn drain_at(&mut self, now: Instant) -> Vec<Result<Reply, DropReason>> {
+        let mut answers = Vec::new();
+        loop {
+            match self.gw.poll(now) {
+                Output::Firewall(c) => self.apply(vec![c]),
+                Output::Journal(e) => self.events.push(e),
+                Output::Transmit(Transmit::Reply(r)) => answers.push(Ok(r)),
+                Output::Transmit(Transmit::Announcement(a)) => self.announced.push(a),
+                Output::Dropped { reason, .. } => answers.push(Err(reason)),
+                Output::Wait(_) => return answers,
+            }
+        }
     }
 
     fn apply(&mut self, changes: Vec<FirewallChange>) {
@@ -79,19 +102,29 @@ impl Harness {
     }
 
     fn send_raw(&mut self, ingress: Ingress, bytes: &[u8]) -> Result<Vec<u8>, DropReason> {
-        let mut changes = Vec::new();
-        let v = self
-            .gw
-            .handle(self.now, &ingress, bytes, &mut self.reply, &mut changes);
-        let verdict = match v {
-            Verdict::Reply(n) => Ok(self.reply[..n].to_vec()),
-            Verdict::Drop(r) => {
-                assert!(changes.is_empty(), "a dropped request changed the firewall");
-                Err(r)
+        // Whatever was due before the datagram, as the daemon's loop does.
+        self.drain();
+        let (kernel, outbound, pinholes) = (
+            self.kernel.clone(),
+            self.outbound.clone(),
+            self.pinholes.clone(),
+        );
+        self.gw.handle(self.now, &ingress, bytes);
+        let mut answers = self.drain();
+        assert_eq!(answers.len(), 1, "one datagram, one verdict: {answers:?}");
+        match answers.remove(0) {
+            Ok(r) => {
+                assert_eq!(r.to, ingress, "a reply goes back the way its request came");
+                Ok(r.payload)
             }
-        };
-        self.apply(changes);
-        verdict
+            Err(reason) => {
+                assert!(
+                    self.kernel == kernel && self.outbound == outbound && self.pinholes == pinholes,
+                    "a dropped request changed the firewall"
+                );
+                Err(reason)
+            }
+        }
     }
 
     fn send(&mut self, ingress: Ingress, req: Request) -> Result<Response, DropReason> {
@@ -134,17 +167,14 @@ impl Harness {
 
     /// Takes every announcement due now; returns how many there were.
     fn drain_announcements(&mut self) -> usize {
-        let mut out = Vec::new();
-        self.gw.poll_announcements(self.now, &mut out);
-        let mut n = out.len();
-        loop {
-            out.clear();
-            self.gw.poll_announcements(self.now, &mut out);
-            if out.is_empty() {
-                return n;
-            }
-            n += out.len();
-        }
+        self.drain();
+        std::mem::take(&mut self.announced).len()
+    }
+
+    /// The announcements polled at `t`, and any polled before and not yet taken.
+    fn announcements_at(&mut self, t: Instant) -> Vec<Announcement> {
+        self.drain_at(t);
+        std::mem::take(&mut self.announced)
     }
 
     fn forwards(&self) -> BTreeSet<Forward> {
@@ -563,9 +593,8 @@ fn reload_with_a_lowered_quota_closes_the_oldest_mappings_beyond_it() {
     assert_eq!(h.map(8080, 8080, 7200).0, ResultCode::SUCCESS);
     h.map_from(HOST2, Protocol::Tcp, 9000, 9000, 7200);
     p.max_per_client = 2;
-    let mut changes = Vec::new();
-    h.gw.set_policy(p.clone(), &mut changes);
-    h.apply(changes);
+    h.gw.set_policy(p.clone());
+    h.drain();
     assert_eq!(
         h.forwards(),
         [
@@ -583,9 +612,8 @@ fn reload_with_a_lowered_quota_closes_the_oldest_mappings_beyond_it() {
     );
     // A lowered global cap likewise keeps the newest.
     p.max_total = 1;
-    let mut changes = Vec::new();
-    h.gw.set_policy(p, &mut changes);
-    h.apply(changes);
+    h.gw.set_policy(p);
+    h.drain();
     assert_eq!(
         h.forwards(),
         [fwd(HOST2, Protocol::Tcp, 9000, 9000)]
@@ -689,11 +717,9 @@ fn rfc6886_3_2_1_ten_announcements_250ms_doubling_with_current_epoch() {
     let mut h = Harness::new(policy());
     let mut times = Vec::new();
     let mut t = h.t0;
-    let mut out = Vec::new();
     // Step through time in 50 ms ticks for 200 s, recording each announcement.
     for _ in 0..4000 {
-        out.clear();
-        h.gw.poll_announcements(t, &mut out);
+        let out = h.announcements_at(t);
         if !out.is_empty() {
             // NAT-PMP's external address to 224.0.0.1, and PCP's ANNOUNCE (RFC 6887
             // section 14.1.3) with the same epoch.
@@ -818,11 +844,12 @@ proptest! {
 #[test]
 fn every_table_change_is_reported_for_the_journal() {
     let mut h = Harness::new(policy());
-    h.gw.drain_events().for_each(drop);
+    h.drain();
+    h.events.clear();
     h.map(8080, 8080, 7200);
     h.map(8080, 8080, 3600);
     h.map(8080, 0, 0);
-    let events: Vec<StateEvent> = h.gw.drain_events().collect();
+    let events: Vec<StateEvent> = std::mem::take(&mut h.events);
     assert_eq!(events.len(), 3, "{events:?}");
     assert!(matches!(events[0], StateEvent::Upsert(m) if m.external_port == 8080));
     assert!(
@@ -830,10 +857,8 @@ fn every_table_change_is_reported_for_the_journal() {
     );
     assert!(matches!(events[2], StateEvent::Remove(k) if k.internal_port == 8080));
     h.gw.set_external_address(h.now, Some(Ipv4Addr::new(198, 51, 100, 9)));
-    assert_eq!(
-        h.gw.drain_events().collect::<Vec<_>>(),
-        vec![StateEvent::NewEpoch]
-    );
+    h.drain();
+    assert_eq!(std::mem::take(&mut h.events), vec![StateEvent::NewEpoch]);
 }
 
 fn saved(h: &Harness, client: Ipv4Addr, internal_port: u16, external_port: u16) -> Mapping {
@@ -897,17 +922,16 @@ fn admin_delete_removes_one_or_all_of_a_clients_mappings() {
     h.map(8080, 8080, 7200);
     h.map_from(HOST, Protocol::Udp, 8081, 8081, 7200);
     h.map_from(HOST2, Protocol::Tcp, 8082, 8082, 7200);
-    let mut changes = Vec::new();
     assert_eq!(
-        h.gw.admin_delete(HOST.into(), Some((Protocol::Udp, 8081)), &mut changes),
+        h.gw.admin_delete(HOST.into(), Some((Protocol::Udp, 8081))),
         1
     );
     assert_eq!(
-        h.gw.admin_delete(HOST.into(), Some((Protocol::Udp, 8081)), &mut changes),
+        h.gw.admin_delete(HOST.into(), Some((Protocol::Udp, 8081))),
         0
     );
-    assert_eq!(h.gw.admin_delete(HOST.into(), None, &mut changes), 1);
-    h.apply(changes);
+    assert_eq!(h.gw.admin_delete(HOST.into(), None), 1);
+    h.drain();
     assert_eq!(
         h.kernel,
         BTreeSet::from([fwd(HOST2, Protocol::Tcp, 8082, 8082)])
@@ -926,9 +950,8 @@ fn a_tightened_policy_closes_forwards_it_would_no_longer_grant() {
         internal_addresses: "192.168.1.0/24".parse().expect("net"),
         internal_ports: "1024-65535".parse().expect("range"),
     }];
-    let mut changes = Vec::new();
-    h.gw.set_policy(p, &mut changes);
-    h.apply(changes);
+    h.gw.set_policy(p);
+    h.drain();
     assert_eq!(
         h.kernel,
         BTreeSet::from([fwd(HOST2, Protocol::Tcp, 9000, 9000)])
@@ -942,9 +965,8 @@ fn an_absent_internal_interface_is_not_served_and_keeps_its_hosts_mappings() {
     h.map(8080, 8080, 7200);
     let mut gone = policy();
     gone.internal[0].index = InternalInterface::ABSENT;
-    let mut changes = Vec::new();
-    h.gw.set_policy(gone, &mut changes);
-    h.apply(changes);
+    h.gw.set_policy(gone);
+    h.drain();
     assert_eq!(h.kernel.len(), 1, "a brief outage must not close forwards");
     // Neither the old index nor index 0 (unknown ingress) finds the absent interface.
     assert_eq!(
@@ -962,9 +984,8 @@ fn an_absent_internal_interface_is_not_served_and_keeps_its_hosts_mappings() {
     // Back with a new index (re-created): served at once.
     let mut back = policy();
     back.internal[0].index = OTHER_IF;
-    let mut changes = Vec::new();
-    h.gw.set_policy(back, &mut changes);
-    h.apply(changes);
+    h.gw.set_policy(back);
+    h.drain();
     let moved = Ingress {
         interface: OTHER_IF,
         ..lan(HOST)
@@ -1416,8 +1437,7 @@ mod pcp_tests {
     #[test]
     fn rfc6887_14_1_3_announce_goes_to_both_families_on_a_dual_stack_lan() {
         let mut h = Harness::new(dual_stack());
-        let mut out = Vec::new();
-        h.gw.poll_announcements(h.now, &mut out);
+        let out = h.announcements_at(h.now);
         let to: Vec<Multicast> = out.iter().map(|a| a.to).collect();
         assert_eq!(to, vec![Multicast::V4, Multicast::V4, Multicast::V6]);
         assert_eq!(
@@ -1450,14 +1470,26 @@ proptest! {
         } else {
             lan(client)
         };
+        h.drain();
+        h.gw.handle(h.now, &ingress, &bytes);
         let mut changes = Vec::new();
-        let mut reply = [0u8; MAX_REPLY];
-        let v = h.gw.handle(h.now, &ingress, &bytes, &mut reply, &mut changes);
+        let mut verdicts = Vec::new();
+        loop {
+            match h.gw.poll(h.now) {
+                Output::Firewall(c) => changes.push(c),
+                Output::Transmit(Transmit::Reply(r)) => verdicts.push(Ok(r.payload.len())),
+                Output::Dropped { reason, .. } => verdicts.push(Err(reason)),
+                Output::Wait(_) => break,
+                Output::Journal(_) | Output::Transmit(Transmit::Announcement(_)) => {}
+            }
+        }
+        prop_assert_eq!(verdicts.len(), 1);
+        let v = verdicts[0];
         if from_wan {
-            prop_assert_eq!(v, Verdict::Drop(DropReason::ExternalInterface));
+            prop_assert_eq!(v, Err(DropReason::ExternalInterface));
             prop_assert!(changes.is_empty());
         }
-        if let Verdict::Reply(n) = v {
+        if let Ok(n) = v {
             prop_assert!(n <= MAX_REPLY && n > 0);
         }
         for c in changes {

@@ -1,6 +1,13 @@
 //! The gateway's brain, without I/O: policy, mapping table, epoch and lifetimes.
-//! Time and datagrams go in (`Gateway::handle`); one queue of `Output`s comes out
-//! (`Gateway::poll(now)`): firewall changes, journal records, replies, announcements.
+//! Datagrams go in (`Gateway::handle`); one queue of `Output`s comes out (`Gateway::poll`).
+//!
+//! - [`gateway`]: the state machine (inputs, the output queue, timers, epoch), with
+//!   `gateway/ingress.rs` (the CERT VU#184540 boundary), `gateway/mappings.rs` (grant,
+//!   delete, allocate, restore) and `gateway/announce.rs` (unsolicited announcements);
+//! - `serve_natpmp`, `serve_pcp`: requests turned into answers from the shared table;
+//! - [`output`]: what comes out: firewall changes, journal records, replies with their
+//!   result code, announcements, drops, and when to poll again;
+//! - [`firewall`], [`table`], [`policy`], [`net`], `ratelimit`: the values they work on.
 
 pub mod firewall;
 pub mod gateway;

@@ -80,7 +80,7 @@ pub enum Answer {
     Pcp(pcp::ResultCode),
 }
 
-/// Where an unsolicited announcement goes: 224.0.0.1:5350 or [ff02::1]:5350, on
+/// Where an unsolicited announcement goes: `224.0.0.1:5350` or `[ff02::1]:5350`, on
 /// every internal interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Multicast {

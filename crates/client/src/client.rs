@@ -310,20 +310,15 @@ impl Lease {
         let end = Instant::now() + timeout;
         let mut buf = [0u8; 1100];
         loop {
-            if let Some(event) = self.core.poll_event() {
-                return Ok(Some(event));
-            }
             let now = Instant::now();
             match self.core.poll(now, &mut self.random) {
+                LeaseOutput::Event(event) => return Ok(Some(event)),
                 LeaseOutput::Finished => return Ok(None),
                 LeaseOutput::Transmit(bytes) => {
                     // A lease outlives network outages: silence is handled by retransmission.
                     let _ = self.socket.send(&bytes);
                 }
                 LeaseOutput::Wait(at) => {
-                    if let Some(event) = self.core.poll_event() {
-                        return Ok(Some(event));
-                    }
                     if now >= end {
                         return Ok(None);
                     }

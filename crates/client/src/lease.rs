@@ -1,6 +1,8 @@
 //! A mapping kept alive, as a sans-IO state machine: renews at half the granted lifetime,
 //! re-maps when the gateway lost its state (epoch check or announcement), reports changes of
 //! the external address or port, and deletes the mapping when released.
+//! The caller owns the socket and the clock: `poll(now)` hands out one [`LeaseOutput`] at a
+//! time (a datagram, an event, a wait, the end); `handle(..)` feeds datagrams in.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -67,11 +69,15 @@ pub enum LeaseEvent {
 }
 
 /// What the driver should do next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum LeaseOutput {
+    /// Send this datagram to the gateway, then poll again.
     Transmit(Vec<u8>),
+    /// Something happened to the lease (in order); poll again.
+    Event(LeaseEvent),
+    /// Nothing to do before this instant (or a datagram arriving).
     Wait(Instant),
-    /// Released: nothing more to do.
+    /// Released, and every event handed out: nothing more to do.
     Finished,
 }
 
@@ -163,11 +169,6 @@ impl LeaseCore {
         matches!(self.state, State::Finished)
     }
 
-    /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<LeaseEvent> {
-        self.events.pop_front()
-    }
-
     /// Deletes the mapping: from now on only the deletion is sent, bounded by `deadline`.
     pub fn release(&mut self, now: Instant, deadline: Option<Instant>) {
         if matches!(
@@ -195,11 +196,15 @@ impl LeaseCore {
         };
     }
 
-    /// What to do at `now`.
+    /// What to do at `now`: events first, in the order they happened; then send, wait,
+    /// or the end.
     pub fn poll(&mut self, now: Instant, random: &mut dyn Random) -> LeaseOutput {
         // Bounded: each pass either returns or moves the state forward once.
         for _ in 0..4 {
             self.check_expiry(now);
+            if let Some(event) = self.events.pop_front() {
+                return LeaseOutput::Event(event);
+            }
             match &mut self.state {
                 State::Finished => return LeaseOutput::Finished,
                 State::Idle { at, reason, jitter } => {

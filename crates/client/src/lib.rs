@@ -1,10 +1,12 @@
 //! natwarden-client: open a port on the LAN's gateway, keep it open and learn the public
 //! address, over PCP (RFC 6887) with fallback to NAT-PMP (RFC 6886).
 //!
-//! The protocol logic is sans-IO: [`Transaction`] (one request until its answer) and
-//! [`LeaseCore`] (a mapping kept alive) take the time and datagrams in and hand back
-//! datagrams to send and instants to wake at, so every timer is unit-tested with an injected
-//! clock. [`Client`] and [`Lease`] are the thin blocking drivers over `std::net::UdpSocket`.
+//! The protocol logic is sans-IO, in the shape of the gateway's core and the auditor: a
+//! [`Transaction`] (one request until its answer) and a [`LeaseCore`] (a mapping kept alive)
+//! take datagrams in with `handle(now, from, datagram)` and hand out one output per
+//! `poll(now, random)`: a datagram to send, an event or result, or the instant to wake at, so
+//! every timer is unit-tested with an injected clock. [`Client`] and [`Lease`] are the thin
+//! blocking drivers over `std::net::UdpSocket`.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -1,7 +1,9 @@
-//! Per-client request rate limit: a token bucket per LAN host (see [`HostId`]), so one host cannot
-//! starve the others. Idle buckets are pruned, and the number of buckets is capped:
-//! when full, the longest-idle client is forgotten (it then starts with a full bucket,
-//! which is all forgetting can give it).
+//! Per-client request rate limit: a token bucket per LAN host (see [`HostId`]), so one
+//! host cannot starve the others.
+//!
+//! Idle buckets are pruned, and the number of buckets is capped: when full, the
+//! longest-idle client is forgotten (it then starts with a full bucket, which is all
+//! forgetting can give it).
 
 use crate::host::HostId;
 use std::collections::HashMap;

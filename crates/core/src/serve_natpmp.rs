@@ -8,8 +8,8 @@ use natwarden_wire::natpmp::{
     self, ExternalAddressResponse, MapRequest, MapResponse, ParseError, Request, ResultCode,
 };
 
-use crate::firewall::FirewallChange;
 use crate::gateway::{Ask, DropReason, Gateway, Ingress, Refusal, Verdict};
+use crate::output::Answer;
 use crate::table::Origin;
 
 impl Gateway {
@@ -19,7 +19,6 @@ impl Gateway {
         ingress: &Ingress,
         datagram: &[u8],
         reply: &mut [u8],
-        changes: &mut Vec<FirewallChange>,
     ) -> Verdict {
         let epoch = self.epoch(now);
         let request = match Request::parse(datagram) {
@@ -29,7 +28,10 @@ impl Gateway {
             }
             Err(ParseError::UnsupportedOpcode { .. }) => {
                 // Section 3.5: the entire request returned, top bit set, result 5.
-                return Verdict::Reply(natpmp::emit_unsupported_opcode(datagram, reply));
+                return Verdict::Reply(
+                    natpmp::emit_unsupported_opcode(datagram, reply),
+                    Answer::NatPmp(ResultCode::UNSUPPORTED_OPCODE),
+                );
             }
             Err(ParseError::NotARequest { .. }) => return Verdict::Drop(DropReason::NotARequest),
             Err(_) => return Verdict::Drop(DropReason::Malformed),
@@ -50,15 +52,11 @@ impl Gateway {
                     },
                 })
             }
-            Request::Map(req) => natpmp::Response::Map(self.natpmp_map(
-                now,
-                ingress.source.ip(),
-                req,
-                epoch,
-                changes,
-            )),
+            Request::Map(req) => {
+                natpmp::Response::Map(self.natpmp_map(now, ingress.source.ip(), req, epoch))
+            }
         };
-        Verdict::Reply(response.emit(reply))
+        Verdict::Reply(response.emit(reply), Answer::NatPmp(response.result()))
     }
 
     /// Section 3.5: "Unsupported Version", laid out as the section's figure.
@@ -66,7 +64,7 @@ impl Gateway {
         let r = natpmp::Response::UnsupportedVersion {
             epoch: self.epoch(now),
         };
-        Verdict::Reply(r.emit(reply))
+        Verdict::Reply(r.emit(reply), Answer::NatPmp(r.result()))
     }
 
     fn natpmp_map(
@@ -75,7 +73,6 @@ impl Gateway {
         client: IpAddr,
         req: MapRequest,
         epoch: u32,
-        changes: &mut Vec<FirewallChange>,
     ) -> MapResponse {
         let answer = |result: ResultCode, external_port: u16, lifetime: u32| MapResponse {
             protocol: req.protocol,
@@ -88,7 +85,7 @@ impl Gateway {
         let outcome = if req.lifetime == 0 {
             // Section 3.4: deleting a mapping that does not exist succeeds too, and
             // internal port 0 deletes all of the client's mappings for the protocol.
-            self.delete(client, Some(req.protocol), req.internal_port, None, changes)
+            self.delete(client, Some(req.protocol), req.internal_port, None)
                 .map(|()| (0, 0))
         } else if req.internal_port == 0 {
             Err(Refusal::NotAuthorized)
@@ -106,7 +103,6 @@ impl Gateway {
                     prefer_failure: false,
                     peer: false,
                 },
-                changes,
             )
             .map(|m| {
                 let left = m.expires.saturating_duration_since(now).as_secs();

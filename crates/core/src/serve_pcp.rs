@@ -10,8 +10,8 @@ use natwarden_wire::pcp::{
 };
 use natwarden_wire::Protocol;
 
-use crate::firewall::FirewallChange;
 use crate::gateway::{Ask, DropReason, Gateway, Ingress, Refusal, Verdict};
+use crate::output::Answer;
 use crate::table::{Mapping, MappingKey, Origin};
 
 /// The lifetime an error response carries (RFC 6887 section 7.4): 30 s for errors
@@ -54,7 +54,6 @@ impl Gateway {
         ingress: &Ingress,
         datagram: &[u8],
         reply: &mut [u8],
-        changes: &mut Vec<FirewallChange>,
     ) -> Verdict {
         let epoch = self.epoch(now);
         let request = match Request::parse(datagram) {
@@ -62,13 +61,10 @@ impl Gateway {
             Err(e) => {
                 // Section 8.3: some malformed requests are answered, some dropped.
                 return match e.result_code() {
-                    Some(code) => Verdict::Reply(pcp::emit_error_reply(
-                        datagram,
-                        code,
-                        error_lifetime(code),
-                        epoch,
-                        reply,
-                    )),
+                    Some(code) => Verdict::Reply(
+                        pcp::emit_error_reply(datagram, code, error_lifetime(code), epoch, reply),
+                        Answer::Pcp(code),
+                    ),
                     None if datagram.get(1).is_some_and(|op| op & 0x80 != 0) => {
                         Verdict::Drop(DropReason::NotARequest)
                     }
@@ -76,8 +72,8 @@ impl Gateway {
                 };
             }
         };
-        let response = self.pcp_response(now, ingress, &request, epoch, changes);
-        Verdict::Reply(response.emit(reply))
+        let response = self.pcp_response(now, ingress, &request, epoch);
+        Verdict::Reply(response.emit(reply), Answer::Pcp(response.result))
     }
 
     /// Section 9: any version but 0 and 2 is answered with UNSUPP_VERSION naming 2.
@@ -88,13 +84,10 @@ impl Gateway {
         reply: &mut [u8],
     ) -> Verdict {
         let code = ResultCode::UNSUPP_VERSION;
-        Verdict::Reply(pcp::emit_error_reply(
-            datagram,
-            code,
-            error_lifetime(code),
-            self.epoch(now),
-            reply,
-        ))
+        Verdict::Reply(
+            pcp::emit_error_reply(datagram, code, error_lifetime(code), self.epoch(now), reply),
+            Answer::Pcp(code),
+        )
     }
 
     fn pcp_response(
@@ -103,7 +96,6 @@ impl Gateway {
         ingress: &Ingress,
         req: &Request,
         epoch: u32,
-        changes: &mut Vec<FirewallChange>,
     ) -> Response {
         let error = |code: ResultCode| req.error_response(code, error_lifetime(code), epoch);
         let source = ingress.source.ip();
@@ -140,7 +132,7 @@ impl Gateway {
                 op: OpData::Announce,
                 options: Options::NONE,
             },
-            OpData::Map(d) => match self.pcp_map(now, client, req, d, changes) {
+            OpData::Map(d) => match self.pcp_map(now, client, req, d) {
                 Ok((data, lifetime)) => Response {
                     result: ResultCode::SUCCESS,
                     lifetime,
@@ -150,7 +142,7 @@ impl Gateway {
                 },
                 Err(r) => req.error_response(r.code, r.lifetime, epoch),
             },
-            OpData::Peer(d) => match self.pcp_peer(now, client, req, d, changes) {
+            OpData::Peer(d) => match self.pcp_peer(now, client, req, d) {
                 Ok((data, lifetime)) => Response {
                     result: ResultCode::SUCCESS,
                     lifetime,
@@ -170,7 +162,6 @@ impl Gateway {
         client: IpAddr,
         req: &Request,
         d: MapData,
-        changes: &mut Vec<FirewallChange>,
     ) -> Result<(MapData, u32), Refused> {
         let protocol = match (d.protocol, d.transport()) {
             (_, Some(p)) => Some(p),
@@ -179,7 +170,7 @@ impl Gateway {
             _ => return Err(ResultCode::UNSUPP_PROTOCOL.into()),
         };
         if req.lifetime == 0 {
-            self.delete(client, protocol, d.internal_port, Some(d.nonce.0), changes)
+            self.delete(client, protocol, d.internal_port, Some(d.nonce.0))
                 .map_err(|r| self.refused(now, r, client, protocol, d.internal_port))?;
             return Ok((d, 0));
         }
@@ -204,7 +195,7 @@ impl Gateway {
             peer: false,
         };
         let m = self
-            .grant(now, ask, changes)
+            .grant(now, ask)
             .map_err(|r| self.refused(now, r, client, Some(protocol), d.internal_port))?;
         Ok((self.assigned(m, d), lifetime_left(&m, now)))
     }
@@ -217,7 +208,6 @@ impl Gateway {
         client: IpAddr,
         req: &Request,
         d: PeerData,
-        changes: &mut Vec<FirewallChange>,
     ) -> Result<(PeerData, u32), Refused> {
         let Some(protocol) = d.transport() else {
             return Err(ResultCode::UNSUPP_PROTOCOL.into());
@@ -247,7 +237,7 @@ impl Gateway {
             peer: true,
         };
         let m = self
-            .grant(now, ask, changes)
+            .grant(now, ask)
             .map_err(|r| self.refused(now, r, client, Some(protocol), d.internal_port))?;
         Ok((self.assigned_peer(m, d), lifetime_left(&m, now)))
     }

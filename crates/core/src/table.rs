@@ -1,6 +1,7 @@
 //! The mapping table: one entry per (client, protocol, internal port), indexed by
-//! external port and by expiry time so every operation is O(1) or O(log n). IPv4
-//! entries are NAT mappings; IPv6 entries are pinholes (no translation).
+//! external port and by expiry time so every operation is O(1) or O(log n).
+//!
+//! IPv4 entries are NAT mappings; IPv6 entries are pinholes (no translation).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddrV4};

@@ -1,7 +1,7 @@
-//! The I/O shell around the gateway core: moves datagrams between the socket and the
-//! core, firewall changes to the backend, table changes to the state journal, and
-//! signals, interface and address changes, admin requests and timers into the core, and
-//! keeps the kernel table true when someone else changes it.
+//! The I/O shell around the gateway core: feeds it datagrams, time, signals, interface
+//! changes and admin requests; carries out its outputs (kernel, then disk, then replies).
+//!
+//! It also keeps the kernel table true when someone else changes it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use natwarden_core::{
-    Announcement, DropReason, FirewallChange, Gateway, Mapping, Multicast, StateEvent, Verdict,
-    MAX_REPLY,
+    Announcement, DropReason, FirewallChange, Gateway, Mapping, Multicast, Output, Reply,
+    StateEvent, Transmit,
 };
 use natwarden_core::{InternalInterface, Ipv4Net, Ipv6Net};
 use natwarden_firewall::rtnl::{self, AddressMonitor};
@@ -35,12 +35,13 @@ const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// A table rebuild or interface re-read that failed is retried this often.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
-struct Reply {
-    to: SocketAddr,
-    from: IpAddr,
-    interface: u32,
-    len: usize,
-    bytes: [u8; MAX_REPLY],
+/// One round of the core's outputs, sorted by where they go: the kernel, the disk, the
+/// sockets. [`Daemon::carry_out`] takes them in that order.
+#[derive(Default)]
+struct Round {
+    changes: Vec<FirewallChange>,
+    events: Vec<StateEvent>,
+    transmits: Vec<Transmit>,
 }
 
 struct DropLog {
@@ -117,8 +118,6 @@ pub struct Daemon {
     interfaces_stale: bool,
     journal: Journal,
     epoch_start_ms: u64,
-    changes: Vec<FirewallChange>,
-    replies: Vec<Reply>,
     drops: DropLog,
 }
 
@@ -190,7 +189,6 @@ impl Daemon {
             .watch()
             .context("following changes to the nftables table")?;
         let snapshot = snapshot(&gateway, clock);
-        gateway.drain_events().for_each(drop);
         let journal = Journal::create(&settings.state_file, epoch_start_ms, &snapshot)
             .with_context(|| format!("writing the state file {}", settings.state_file.display()))?;
 
@@ -223,8 +221,6 @@ impl Daemon {
             interfaces_stale: false,
             journal,
             epoch_start_ms,
-            changes: Vec::new(),
-            replies: Vec::new(),
             drops: DropLog {
                 next: clock.mono,
                 suppressed: 0,
@@ -246,12 +242,11 @@ impl Daemon {
         let mut buf = [0u8; 2048];
         loop {
             let now = Instant::now();
-            self.gateway.handle_timeout(now, &mut self.changes);
-            self.commit()?;
-            self.announce(now);
+            // Expiry and announcements: the core's timers come out of the same poll.
+            let next = self.carry_out(now)?;
             // The control socket's deadlines wake the loop too: a stalled admin
             // connection is dropped on time, never waited for.
-            let mut timeout = [self.gateway.poll_timeout(), self.control.next_deadline()]
+            let mut timeout = [next, self.control.next_deadline()]
                 .into_iter()
                 .flatten()
                 .min()
@@ -311,7 +306,6 @@ impl Daemon {
         // family from starving the other.
         let mut ready = [v4, v6 && self.socket6.is_some()];
         let mut turn = 1;
-        let mut scratch = [0u8; MAX_REPLY];
         for _ in 0..BATCH {
             if ready[1 - turn] {
                 turn = 1 - turn;
@@ -331,42 +325,67 @@ impl Daemon {
                 self.drops.record(now, DropReason::Malformed, rx.source, 0);
                 continue;
             };
-            match self.gateway.handle(
-                now,
-                &ingress,
-                &buf[..rx.len],
-                &mut scratch,
-                &mut self.changes,
-            ) {
-                // Only an answered datagram costs a reply slot; drops (a flood) do not.
-                Verdict::Reply(n) => self.replies.push(Reply {
-                    to: ingress.source,
-                    from: ingress.destination,
-                    interface: ingress.interface,
-                    len: n,
-                    bytes: scratch,
-                }),
-                Verdict::Drop(reason) => {
+            self.gateway.handle(now, &ingress, &buf[..rx.len]);
+        }
+        // The whole batch's changes in one netlink batch and one fdatasync.
+        self.carry_out(now)?;
+        Ok(())
+    }
+
+    /// Polls the core until it waits and carries out what it handed out, in the one
+    /// order that keeps replies honest: the kernel first (one netlink batch), then the
+    /// disk (one fdatasync), then the datagrams. A reply goes out only if the kernel
+    /// holds, and the disk records, what it acknowledges: if the kernel refused and the
+    /// core was reset, or our table is damaged and cannot be rebuilt, the round's
+    /// replies are dropped (clients retransmit). Returns when to poll the core again.
+    fn carry_out(&mut self, now: Instant) -> anyhow::Result<Option<Instant>> {
+        let mut round = Round::default();
+        let next = loop {
+            match self.gateway.poll(now) {
+                Output::Firewall(c) => round.changes.push(c),
+                Output::Journal(e) => round.events.push(e),
+                Output::Transmit(t) => round.transmits.push(t),
+                Output::Dropped { ingress, reason } => {
                     self.drops
                         .record(now, reason, ingress.source, ingress.interface)
                 }
+                Output::Wait(next) => break next,
+            }
+        };
+        // 1. The kernel.
+        if !self.apply_firewall(&round.changes)? {
+            // Reset: nothing this round acknowledged exists any more, and the new
+            // epoch's announcements are due at once.
+            return Ok(self.gateway.poll_timeout());
+        }
+        // 2. The disk.
+        self.journal(round.events);
+        // 3. The datagrams. A table someone damaged meanwhile is rebuilt first;
+        // announcements acknowledge nothing and go out regardless.
+        let replies = round
+            .transmits
+            .iter()
+            .any(|t| matches!(t, Transmit::Reply(_)));
+        let table_true = !replies || self.keep_table_true();
+        for t in &round.transmits {
+            match t {
+                Transmit::Reply(r) if table_true => self.send_reply(r),
+                Transmit::Reply(_) => {}
+                Transmit::Announcement(a) => self.announce(a),
             }
         }
-        // Replies go out only after the kernel holds, and the disk records, what they
-        // acknowledge: a table someone damaged meanwhile is rebuilt first.
-        if self.commit()? && self.keep_table_true() {
-            for r in &self.replies {
-                // A reply goes out by the socket its request came in on.
-                let Some(socket) = self.socket_for(r.to.is_ipv6()) else {
-                    continue;
-                };
-                if let Err(e) = socket.send(&r.bytes[..r.len], r.to, r.from, r.interface) {
-                    warn!(to = %r.to, "sending reply failed: {e}");
-                }
-            }
+        Ok(next)
+    }
+
+    /// A reply goes out by the socket its request came in on, from the address it was
+    /// sent to, out of the interface it arrived on.
+    fn send_reply(&self, r: &Reply) {
+        let Some(socket) = self.socket_for(r.to.source.is_ipv6()) else {
+            return;
+        };
+        if let Err(e) = socket.send(&r.payload, r.to.source, r.to.destination, r.to.interface) {
+            warn!(to = %r.to.source, "sending reply failed: {e}");
         }
-        self.replies.clear();
-        Ok(())
     }
 
     /// Reads pending interface, address and nftables news without blocking and acts on
@@ -428,54 +447,58 @@ impl Daemon {
         }
     }
 
-    /// Applies pending firewall changes in one batch, then journals the table changes
-    /// with one fdatasync. If the kernel refuses (e.g. someone deleted our table or an
-    /// element just before), the table is rebuilt from the core's mappings, which hold
-    /// the changes already. Only if that fails too can the table no longer be trusted:
-    /// forget every mapping, start a new epoch (clients re-map, RFC 6886 section 3.7)
-    /// and reinstall an empty table. Returns whether the changes were committed.
-    fn commit(&mut self) -> anyhow::Result<bool> {
-        let clock = Clock::now();
-        if !self.changes.is_empty() {
-            let applied = match self.backend.apply(&self.changes) {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    warn!(
-                        "firewall refused {} change(s): {e}; rebuilding the table from the {} mapping(s)",
-                        self.changes.len(),
-                        self.gateway.mapping_count()
-                    );
-                    self.backend.install(&self.gateway.installed())
-                }
-            };
-            if let Err(e) = applied {
-                error!(
-                    "firewall refused {} change(s): {e}; resetting all mappings",
-                    self.changes.len()
-                );
-                self.changes.clear();
-                self.gateway.reset(clock.mono);
-                self.gateway.drain_events().for_each(drop);
-                self.backend
-                    .install(&Default::default())
-                    .context("reinstalling the nftables table after a failed change")?;
-                self.epoch_start_ms = clock.wall_ms;
-                self.journal = Journal::create(&self.settings.state_file, self.epoch_start_ms, &[])
-                    .context("rewriting the state file after a failed change")?;
-                return Ok(false);
-            }
-            self.table_damaged = false;
-            log_changes(&self.changes, self.gateway.mapping_count());
-            self.changes.clear();
-        }
-        let events: Vec<StateEvent> = self.gateway.drain_events().collect();
-        let records: Vec<Record> = events.into_iter().map(|e| self.record(e, clock)).collect();
-        if records.is_empty() {
+    /// Applies a round's firewall changes in one batch. If the kernel refuses (e.g.
+    /// someone deleted our table or an element just before), the table is rebuilt from
+    /// the core's mappings, which hold the changes already. Only if that fails too can
+    /// the table no longer be trusted: forget every mapping, start a new epoch (clients
+    /// re-map, RFC 6886 section 3.7), reinstall an empty table and start a new journal.
+    /// Returns whether the changes were applied.
+    fn apply_firewall(&mut self, changes: &[FirewallChange]) -> anyhow::Result<bool> {
+        if changes.is_empty() {
             return Ok(true);
         }
+        let applied = match self.backend.apply(changes) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                warn!(
+                    "firewall refused {} change(s): {e}; rebuilding the table from the {} mapping(s)",
+                    changes.len(),
+                    self.gateway.mapping_count()
+                );
+                self.backend.install(&self.gateway.installed())
+            }
+        };
+        if let Err(e) = applied {
+            error!(
+                "firewall refused {} change(s): {e}; resetting all mappings",
+                changes.len()
+            );
+            let clock = Clock::now();
+            self.gateway.reset(clock.mono);
+            self.backend
+                .install(&Default::default())
+                .context("reinstalling the nftables table after a failed change")?;
+            self.epoch_start_ms = clock.wall_ms;
+            self.journal = Journal::create(&self.settings.state_file, self.epoch_start_ms, &[])
+                .context("rewriting the state file after a failed change")?;
+            return Ok(false);
+        }
+        self.table_damaged = false;
+        log_changes(changes, self.gateway.mapping_count());
+        Ok(true)
+    }
+
+    /// Journals a round's table changes with one fdatasync. A failure is logged, not
+    /// fatal: the kernel and the core agree, only durability is at risk.
+    fn journal(&mut self, events: Vec<StateEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let clock = Clock::now();
+        let records: Vec<Record> = events.into_iter().map(|e| self.record(e, clock)).collect();
         if let Err(e) = self.journal.append(&records) {
-            // The kernel and the core agree; only durability is at risk. Keep serving,
-            // loudly, and try a fresh snapshot (which may succeed, e.g. after a rotation).
+            // Keep serving, loudly, and try a fresh snapshot (which may succeed, e.g.
+            // after a rotation).
             error!(
                 "writing the state journal {} failed: {e}",
                 self.journal.path().display()
@@ -484,7 +507,6 @@ impl Daemon {
         } else if self.journal.wants_compaction(self.gateway.mapping_count()) {
             self.compact(clock);
         }
-        Ok(true)
     }
 
     fn record(&mut self, e: StateEvent, clock: Clock) -> Record {
@@ -536,40 +558,37 @@ impl Daemon {
         });
     }
 
-    fn announce(&mut self, now: Instant) {
-        let mut due: Vec<Announcement> = Vec::new();
-        self.gateway.poll_announcements(now, &mut due);
-        for a in due {
-            for iface in self
-                .settings
-                .policy
-                .internal
-                .iter()
-                .filter(|i| i.is_present())
-            {
-                let sent = match a.to {
-                    Multicast::V4 => {
-                        let to = SocketAddr::from((natpmp::ANNOUNCE_ADDR, natpmp::CLIENT_PORT));
-                        let from = IpAddr::V4(iface.net.addr());
-                        self.socket.send(a.payload(), to, from, iface.index)
-                    }
-                    Multicast::V6 => {
-                        // From the interface's link-local address, as on-link multicast wants.
-                        let from = iface
-                            .nets6
-                            .iter()
-                            .find(|n| n.is_link_local())
-                            .or(iface.nets6.first());
-                        let (Some(s), Some(from)) = (self.socket_for(true), from) else {
-                            continue;
-                        };
-                        let to = SocketAddr::from((pcp::ANNOUNCE_ADDR_V6, pcp::CLIENT_PORT));
-                        s.send(a.payload(), to, IpAddr::V6(from.addr()), iface.index)
-                    }
-                };
-                if let Err(e) = sent {
-                    warn!(interface = %iface.name, "sending announcement failed: {e}");
+    /// Multicasts one announcement on every internal interface that is present.
+    fn announce(&self, a: &Announcement) {
+        for iface in self
+            .settings
+            .policy
+            .internal
+            .iter()
+            .filter(|i| i.is_present())
+        {
+            let sent = match a.to {
+                Multicast::V4 => {
+                    let to = SocketAddr::from((natpmp::ANNOUNCE_ADDR, natpmp::CLIENT_PORT));
+                    let from = IpAddr::V4(iface.net.addr());
+                    self.socket.send(a.payload(), to, from, iface.index)
                 }
+                Multicast::V6 => {
+                    // From the interface's link-local address, as on-link multicast wants.
+                    let from = iface
+                        .nets6
+                        .iter()
+                        .find(|n| n.is_link_local())
+                        .or(iface.nets6.first());
+                    let (Some(s), Some(from)) = (self.socket_for(true), from) else {
+                        continue;
+                    };
+                    let to = SocketAddr::from((pcp::ANNOUNCE_ADDR_V6, pcp::CLIENT_PORT));
+                    s.send(a.payload(), to, IpAddr::V6(from.addr()), iface.index)
+                }
+            };
+            if let Err(e) = sent {
+                warn!(interface = %iface.name, "sending announcement failed: {e}");
             }
         }
     }
@@ -634,9 +653,9 @@ impl Daemon {
             if policy.external_index != self.settings.policy.external_index {
                 info!(interface = %self.settings.external_interface, index = policy.external_index, "external interface index changed");
             }
-            self.gateway.set_policy(policy.clone(), &mut self.changes);
+            self.gateway.set_policy(policy.clone());
             self.settings.policy = policy;
-            self.commit()?;
+            self.carry_out(Instant::now())?;
         }
 
         if self.settings.follow_external_address {
@@ -653,7 +672,7 @@ impl Daemon {
                     }
                 }
                 self.gateway.set_external_address(Instant::now(), current);
-                self.commit()?;
+                self.carry_out(Instant::now())?;
             }
         }
         Ok(())
@@ -688,14 +707,13 @@ impl Daemon {
         for w in &new.warnings {
             warn!("{w}");
         }
-        self.gateway
-            .set_policy(new.policy.clone(), &mut self.changes);
+        self.gateway.set_policy(new.policy.clone());
         if !new.follow_external_address {
             self.gateway
                 .set_external_address(Instant::now(), new.external_address);
         }
         self.settings = new;
-        self.commit()?;
+        self.carry_out(Instant::now())?;
         info!(path = %self.config_path.display(), "configuration reloaded");
         Ok(())
     }
@@ -714,8 +732,8 @@ impl Daemon {
                     internal_port,
                 }) => match control::Request::delete_target(&protocol, internal_port) {
                     Some(which) => {
-                        let n = self.gateway.admin_delete(client, which, &mut self.changes);
-                        self.commit()?;
+                        let n = self.gateway.admin_delete(client, which);
+                        self.carry_out(Instant::now())?;
                         info!(%client, deleted = n, "admin deleted mappings");
                         serde_json::json!({ "deleted": n })
                     }

@@ -505,6 +505,12 @@ fn miniupnpd_with_swapped_interfaces_is_found_and_left_clean() {
         assert!(findings.contains(&f), "{f} missing: {r}");
     }
     assert!(!findings.contains(&"external-traffic-interception"), "{r}");
+    // The port the user named could be taken by an outsider, and the report says so.
+    assert_eq!(
+        r["service_ports"],
+        serde_json::json!([{"port": 8022, "taken": true}]),
+        "{r}"
+    );
     assert_eq!(summary["deletions_unconfirmed"], 0, "{r}");
     // Its rules hold none of the audit's forwards any more.
     let rules = lab.ruleset();

@@ -15,6 +15,9 @@ use natwarden_wire::pcp::{
 const LAN_HOST6: &str = "2001:db8:1::10";
 const GW_LAN6: &str = "2001:db8:1::1";
 const GW_WAN6: &str = "2001:db8:100::7";
+/// The example config names the IPv4 LAN only; this adds the same rule for the IPv6
+/// prefix (a config edit replacing `[firewall]`).
+const V6_RULE: &str = "[[rule]]\naction = \"allow\"\nexternal_ports = \"1024-65535\"\ninternal_addresses = \"2001:db8:1::/64\"\ninternal_ports = \"1024-65535\"\n\n[firewall]";
 
 /// Sends one PCP request from `bind` inside `host`'s namespace to `to` and returns the
 /// answer, or None after 2 s of silence (three tries).
@@ -123,12 +126,11 @@ fn ipv6_map_opens_a_working_pinhole_and_only_while_it_lives() {
     }
     let lab = Lab::up();
     // The example's rules name the IPv4 LAN only; the same rule for the IPv6 prefix.
-    let v6_rule = "[[rule]]\naction = \"allow\"\nexternal_ports = \"1024-65535\"\ninternal_addresses = \"2001:db8:1::/64\"\ninternal_ports = \"1024-65535\"\n\n[firewall]";
     let _d = lab.start(&lab.config(
         "gw.toml",
         &[
             ("ipv6_inbound_drop = false", "ipv6_inbound_drop = true"),
-            ("[firewall]", v6_rule),
+            ("[firewall]", V6_RULE),
         ],
     ));
     let target = LAN_HOST6;
@@ -299,8 +301,7 @@ fn an_ipv6_prefix_that_appears_after_start_is_served_and_its_pinholes_close_when
     let lab = Lab::up();
     let del = ["ip", "addr", "del", "2001:db8:1::1/64", "dev", "br-lan"];
     assert!(lab.run(Host::Gw, 5, &del).status.success());
-    let v6_rule = "[[rule]]\naction = \"allow\"\nexternal_ports = \"1024-65535\"\ninternal_addresses = \"2001:db8:1::/64\"\ninternal_ports = \"1024-65535\"\n\n[firewall]";
-    let d = lab.start(&lab.config("gw.toml", &[("[firewall]", v6_rule)]));
+    let d = lab.start(&lab.config("gw.toml", &[("[firewall]", V6_RULE)]));
     let client: IpAddr = LAN_HOST6.parse().expect("v6");
     let add = [
         "ip",
@@ -339,11 +340,10 @@ fn a_lan_host_with_200_ipv6_addresses_gets_no_more_than_its_quota() {
         return;
     }
     let lab = Lab::up();
-    let v6_rule = "[[rule]]\naction = \"allow\"\nexternal_ports = \"1024-65535\"\ninternal_addresses = \"2001:db8:1::/64\"\ninternal_ports = \"1024-65535\"\n\n[firewall]";
     let _d = lab.start(&lab.config(
         "gw.toml",
         &[
-            ("[firewall]", v6_rule),
+            ("[firewall]", V6_RULE),
             ("max_per_client = 128", "max_per_client = 4"),
             (
                 "requests_per_second_per_client = 20",

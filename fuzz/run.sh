@@ -40,17 +40,18 @@ for target in $targets; do
         cp -n corpus-seed/"$target"/* "corpus/$target/" 2>/dev/null || true
     fi
     echo "fuzz/run.sh: $target for $seconds s"
-    log=$(mktemp)
+    log="artifacts/$target.log"
     # -timeout: one input taking 10 s is a hang, reported like a crash.
     if cargo +nightly fuzz run "${sanitizer[@]}" "$target" "corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
         grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec)' "$log" || true
     else
-        tail -n 60 "$log"
-        echo "fuzz/run.sh: $target FAILED; the input is in fuzz/artifacts/$target/" >&2
+        # The panic message, then cargo-fuzz's summary (the input, how to reproduce).
+        grep -A8 -E 'panicked at|^==[0-9]+==|ERROR: libFuzzer' "$log" | head -n 40 || true
+        tail -n 20 "$log"
+        echo "fuzz/run.sh: $target FAILED; the input is in fuzz/artifacts/$target/, the log in fuzz/$log" >&2
         failed+=("$target")
     fi
-    rm -f "$log"
 done
 
 if ((${#failed[@]})); then

@@ -11,7 +11,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use natwarden_core::{
     Action, FirewallChange, Forward, Gateway, Ingress, InternalInterface, IpNet, Ipv4Net, Ipv6Net,
-    MappingKey, Outbound, Pinhole, Policy, PortRange, Rule, Verdict, MAX_REPLY,
+    MappingKey, Outbound, Output, Pinhole, Policy, PortRange, Reply, Rule, Transmit, MAX_REPLY,
 };
 use natwarden_wire::{natpmp, pcp, Protocol};
 
@@ -423,6 +423,23 @@ fn change_address(c: &FirewallChange) -> IpAddr {
     }
 }
 
+/// What the core hands out after an input, polled until it waits (timers due at `now`
+/// run then too): the firewall changes in order and the replies.
+fn drain(gw: &mut Gateway, now: Instant) -> (Vec<FirewallChange>, Vec<Reply>) {
+    let (mut changes, mut replies) = (Vec::new(), Vec::new());
+    for _ in 0..1_000_000 {
+        match gw.poll(now) {
+            Output::Firewall(c) => changes.push(c),
+            Output::Transmit(Transmit::Reply(r)) => replies.push(r),
+            Output::Transmit(Transmit::Announcement(_))
+            | Output::Journal(_)
+            | Output::Dropped { .. } => {}
+            Output::Wait(_) => return (changes, replies),
+        }
+    }
+    panic!("the core never waits");
+}
+
 fn is_removal(c: &FirewallChange) -> bool {
     matches!(
         c,
@@ -443,12 +460,10 @@ fuzz_target!(|input: Input| {
         input.seed,
     );
     let mut kernel = Kernel::default();
-    let mut reply = [0u8; MAX_REPLY];
-    let mut changes = Vec::new();
+    let mut changes: Vec<FirewallChange>;
     let mut bytes = [0u8; pcp::MAX_LEN];
 
     for step in input.steps.iter().take(64) {
-        changes.clear();
         let before: BTreeSet<MappingKey> = gw.mappings().map(|m| m.key).collect();
         let mut asked_by = None;
         let mut expired_by = None;
@@ -472,8 +487,14 @@ fuzz_target!(|input: Input| {
                     source: SocketAddr::new(src, *source_port),
                     destination: destination_ip(*destination),
                 };
+                // Timers due before the datagram run first, so what follows is its own.
+                let (due, _) = drain(&mut gw, now);
+                assert!(due.iter().all(is_removal), "expiry added {due:?}");
+                kernel.apply(&due);
                 let n = build(datagram, src, &mut bytes);
-                let verdict = gw.handle(now, &ingress, &bytes[..n], &mut reply, &mut changes);
+                gw.handle(now, &ingress, &bytes[..n]);
+                let replies;
+                (changes, replies) = drain(&mut gw, now);
                 // CERT VU#184540: only a request that arrived on an internal interface,
                 // addressed to the gateway's own address there, from a host of its
                 // subnet, gets an answer or changes anything.
@@ -483,14 +504,12 @@ fuzz_target!(|input: Input| {
                         || dst == IpAddr::V6(GW_LAN6)
                         || dst == IpAddr::V6(GW_LINK_LOCAL));
                 if !internal_to_its_address || !is_lan_host(src) {
-                    assert!(
-                        matches!(verdict, Verdict::Drop(_)),
-                        "answered {ingress:?}: {verdict:?}"
-                    );
+                    assert!(replies.is_empty(), "answered {ingress:?}: {replies:?}");
                     assert!(changes.is_empty(), "{ingress:?} changed {changes:?}");
                 }
-                if let Verdict::Reply(len) = verdict {
-                    assert!(len > 0 && len <= MAX_REPLY);
+                for r in &replies {
+                    assert_eq!(r.to, ingress, "a reply goes back the way the request came");
+                    assert!(!r.payload.is_empty() && r.payload.len() <= MAX_REPLY);
                 }
                 // Every change touches the requester's own address, or, for a client
                 // allowed THIRD_PARTY, a host of its subnet of the same family.
@@ -510,32 +529,36 @@ fuzz_target!(|input: Input| {
             Step::Timeout { seconds, millis } => {
                 now += Duration::from_secs(u64::from(*seconds))
                     + Duration::from_millis(u64::from(*millis));
-                gw.handle_timeout(now, &mut changes);
+                (changes, _) = drain(&mut gw, now);
                 assert!(changes.iter().all(is_removal), "expiry added {changes:?}");
                 expired_by = Some(now);
             }
             Step::Poll => {
+                changes = Vec::new();
                 if let Some(t) = gw.poll_timeout() {
                     assert!(t <= now + Duration::from_secs(86_400 + 10), "timer too far");
                     now = now.max(t);
-                    gw.handle_timeout(now, &mut changes);
+                    (changes, _) = drain(&mut gw, now);
                     assert!(changes.iter().all(is_removal), "expiry added {changes:?}");
                     expired_by = Some(now);
                 }
             }
             Step::Reload(c) => {
                 config = *c;
-                gw.set_policy(policy(config), &mut changes);
+                gw.set_policy(policy(config));
+                (changes, _) = drain(&mut gw, now);
                 assert!(changes.iter().all(is_removal), "reload added {changes:?}");
             }
             Step::ExternalAddress(a) => {
                 let address = a.map(|n| Ipv4Addr::new(198, 51, 100, n));
                 gw.set_external_address(now, address);
+                (changes, _) = drain(&mut gw, now);
             }
             Step::Reset => {
                 gw.reset(now);
                 // The daemon reinstalls the firewall from the (empty) table.
                 kernel = Kernel::default();
+                (changes, _) = drain(&mut gw, now);
             }
         }
         kernel.apply(&changes);

@@ -1,6 +1,8 @@
 //! The gateway's brain, without I/O: policy, mapping table, epoch and lifetimes.
 //! Time and datagrams go in; replies and firewall changes come out.
 
+#![forbid(unsafe_code)]
+
 pub mod firewall;
 pub mod gateway;
 pub mod net;

@@ -250,7 +250,7 @@ pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
 }
 
 pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
-    Ok(toml::from_str(text)?)
+    Ok(basic_toml::from_str(text)?)
 }
 
 fn problem(key: &str, message: impl Into<String>, fix: impl Into<String>) -> Problem {

@@ -6,6 +6,8 @@
 
 #[cfg(feature = "audit")]
 mod audit_cli;
+#[cfg(not(feature = "clap"))]
+mod cli_router;
 #[cfg(feature = "client")]
 mod client_cli;
 mod config;
@@ -27,11 +29,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+#[cfg(feature = "clap")]
 use clap::{Parser, Subcommand};
 use natwarden_firewall::{Backend, NftConfig, Nftables, NoneBackend};
 
 use crate::config::BackendKind;
 
+/// The command line. With the client or the auditor (the default build) clap parses it;
+/// the router build (`--no-default-features`) has three subcommands and parses them with
+/// [`cli_router`], which prints the same help and exits with the same codes.
+#[cfg(feature = "clap")]
 #[derive(Parser)]
 #[command(
     name = "natwarden",
@@ -43,31 +50,31 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand)]
+#[cfg_attr(feature = "clap", derive(Subcommand))]
 enum Command {
     /// Run the gateway daemon (SIGHUP reloads the config, SIGTERM/SIGINT remove the
     /// nftables table and exit).
     Serve {
-        #[arg(long, default_value = config::DEFAULT_PATH)]
+        #[cfg_attr(feature = "clap", arg(long, default_value = config::DEFAULT_PATH))]
         config: PathBuf,
     },
     /// Check a config file against this machine's interfaces and exit.
     CheckConfig {
-        #[arg(long, default_value = config::DEFAULT_PATH)]
+        #[cfg_attr(feature = "clap", arg(long, default_value = config::DEFAULT_PATH))]
         config: PathBuf,
     },
     /// Show the running daemon's mappings, external address, epoch and counters.
     Status {
         /// One JSON document instead of lines for a person.
-        #[arg(long)]
+        #[cfg_attr(feature = "clap", arg(long))]
         json: bool,
         /// Remove mappings: CLIENT (all of its mappings) or CLIENT:PORT/PROTO.
-        #[arg(long, value_name = "CLIENT[:PORT/PROTO]")]
+        #[cfg_attr(feature = "clap", arg(long, value_name = "CLIENT[:PORT/PROTO]"))]
         delete: Option<String>,
         /// The control socket (default: `[control] socket` of the config).
-        #[arg(long)]
+        #[cfg_attr(feature = "clap", arg(long))]
         socket: Option<PathBuf>,
-        #[arg(long, default_value = config::DEFAULT_PATH)]
+        #[cfg_attr(feature = "clap", arg(long, default_value = config::DEFAULT_PATH))]
         config: PathBuf,
     },
     /// Client: print the gateway's external address (PCP first, then NAT-PMP).
@@ -154,9 +161,12 @@ fn status(
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    #[cfg(feature = "clap")]
+    let command = Cli::parse().command;
+    #[cfg(not(feature = "clap"))]
+    let command = cli_router::parse(std::env::args_os().skip(1));
     log::init();
-    let result = match cli.command {
+    let result = match command {
         #[cfg(feature = "client")]
         Command::ExternalAddress(args) => return client_cli::external_address(args),
         #[cfg(feature = "client")]

@@ -24,35 +24,44 @@ Options:
   -V, --version  Print version
 ";
 
+/// A subcommand's help, laid out as clap lays it out: one column for the options, as
+/// wide as the longest, then two spaces and the text.
 fn sub_help(name: &str) -> Option<String> {
-    let config = format!(
-        "      --config <CONFIG>  [default: {}]\n",
-        config::DEFAULT_PATH
-    );
-    let (about, options) = match name {
+    let default_config = format!("[default: {}]", config::DEFAULT_PATH);
+    let config = ("--config <CONFIG>", default_config.as_str());
+    let (about, options): (&str, Vec<(&str, &str)>) = match name {
         "serve" => (
             "Run the gateway daemon (SIGHUP reloads the config, SIGTERM/SIGINT remove the nftables table and exit)",
-            config,
+            vec![config],
         ),
         "check-config" => (
             "Check a config file against this machine's interfaces and exit",
-            config,
+            vec![config],
         ),
         "status" => (
             "Show the running daemon's mappings, external address, epoch and counters",
-            format!(
-                "      --json                             One JSON document instead of lines for a person\n\
-                 \x20     --delete <CLIENT[:PORT/PROTO]>     Remove mappings: CLIENT (all of its mappings) or CLIENT:PORT/PROTO\n\
-                 \x20     --socket <SOCKET>                  The control socket (default: `[control] socket` of the config)\n\
-                 \x20     --config <CONFIG>                  [default: {}]\n",
-                config::DEFAULT_PATH
-            ),
+            vec![
+                ("--json", "One JSON document instead of lines for a person"),
+                (
+                    "--delete <CLIENT[:PORT/PROTO]>",
+                    "Remove mappings: CLIENT (all of its mappings) or CLIENT:PORT/PROTO",
+                ),
+                (
+                    "--socket <SOCKET>",
+                    "The control socket (default: `[control] socket` of the config)",
+                ),
+                config,
+            ],
         ),
         _ => return None,
     };
-    Some(format!(
-        "{about}\n\nUsage: natwarden {name} [OPTIONS]\n\nOptions:\n{options}  -h, --help  Print help\n"
-    ))
+    let w = options.iter().map(|(o, _)| o.len()).max().unwrap_or(0);
+    let mut text = format!("{about}\n\nUsage: natwarden {name} [OPTIONS]\n\nOptions:\n");
+    for (option, help) in options {
+        text += &format!("      {option:<w$}  {help}\n");
+    }
+    text += &format!("  {:<w4$}  Print help\n", "-h, --help", w4 = w + 4);
+    Some(text)
 }
 
 /// A parse that does not yield a command: what to print, where, and the exit code.
@@ -90,10 +99,11 @@ fn try_parse(args: impl Iterator<Item = String>) -> Result<Command, Exit> {
     let mut args = args.peekable();
     let help = |text: String| Exit { text, code: 0 };
     let Some(first) = args.next() else {
-        return Err(usage_error(
-            "'natwarden' requires a subcommand but one was not provided\n  [subcommands: serve, check-config, status, help]",
-            "natwarden <COMMAND>",
-        ));
+        // As clap: the whole help, on stderr, as a usage error.
+        return Err(Exit {
+            text: format!("{ABOUT}\n\n{MAIN_HELP}"),
+            code: 2,
+        });
     };
     match first.as_str() {
         "-h" | "--help" => return Err(help(format!("{ABOUT}\n\n{MAIN_HELP}"))),
@@ -132,10 +142,12 @@ fn try_parse(args: impl Iterator<Item = String>) -> Result<Command, Exit> {
         };
         let mut value = |what: &str| -> Result<String, Exit> {
             inline.clone().or_else(|| args.next()).ok_or_else(|| {
-                usage_error(
-                    &format!("a value is required for '{key} <{what}>' but none was supplied"),
-                    &usage,
-                )
+                Exit {
+                    text: format!(
+                        "error: a value is required for '{key} <{what}>' but none was supplied\n\nFor more information, try '--help'.\n"
+                    ),
+                    code: 2,
+                }
             })
         };
         let status = name == "status";
@@ -143,6 +155,15 @@ fn try_parse(args: impl Iterator<Item = String>) -> Result<Command, Exit> {
             "-h" | "--help" => return Err(help(sub_help(&name).unwrap_or_default())),
             "--config" if config.is_none() => config = Some(PathBuf::from(value("CONFIG")?)),
             "--json" if status && inline.is_none() && !json => json = true,
+            "--json" if status && inline.is_some() => {
+                return Err(usage_error(
+                    &format!(
+                        "unexpected value '{}' for '--json' found; no more were expected",
+                        inline.unwrap_or_default()
+                    ),
+                    "natwarden status --json",
+                ))
+            }
             "--delete" if status && delete.is_none() => {
                 delete = Some(value("CLIENT[:PORT/PROTO]")?)
             }
@@ -150,14 +171,20 @@ fn try_parse(args: impl Iterator<Item = String>) -> Result<Command, Exit> {
                 socket = Some(PathBuf::from(value("SOCKET")?))
             }
             "--config" | "--json" | "--delete" | "--socket" if status || key == "--config" => {
+                let shown = match key.as_str() {
+                    "--config" => "--config <CONFIG>",
+                    "--delete" => "--delete <CLIENT[:PORT/PROTO]>",
+                    "--socket" => "--socket <SOCKET>",
+                    _ => "--json",
+                };
                 return Err(usage_error(
-                    &format!("the argument '{key}' cannot be used multiple times"),
+                    &format!("the argument '{shown}' cannot be used multiple times"),
                     &usage,
-                ))
+                ));
             }
             _ => {
                 return Err(usage_error(
-                    &format!("unexpected argument '{arg}' found"),
+                    &format!("unexpected argument '{key}' found"),
                     &usage,
                 ))
             }
@@ -182,6 +209,76 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Command, Exit> {
         try_parse(args.iter().map(|a| a.to_string()))
+    }
+
+    /// The default build has both parsers: for every router command line, this one must
+    /// print what clap prints and exit as clap exits, or parse to the same command.
+    #[cfg(feature = "clap")]
+    #[test]
+    fn the_router_parser_answers_as_clap_does() {
+        use clap::Parser;
+        fn describe(c: Command) -> String {
+            match c {
+                Command::Serve { config } => format!("serve {config:?}"),
+                Command::CheckConfig { config } => format!("check-config {config:?}"),
+                Command::Status {
+                    json,
+                    delete,
+                    socket,
+                    config,
+                } => format!("status {json} {delete:?} {socket:?} {config:?}"),
+                #[allow(unreachable_patterns)]
+                _ => "a client or auditor command".to_string(),
+            }
+        }
+        let cases: &[&[&str]] = &[
+            &["serve"],
+            &["serve", "--config", "/etc/x.toml"],
+            &["serve", "--config=/etc/x.toml"],
+            &["check-config", "--config", "a b"],
+            &["status"],
+            &[
+                "status",
+                "--json",
+                "--delete",
+                "192.168.1.10",
+                "--socket=/s",
+                "--config",
+                "/c",
+            ],
+            &["serve", "--help"],
+            &["check-config", "-h"],
+            &["status", "--help"],
+            &["help", "serve"],
+            &["help", "status"],
+            &["--version"],
+            &["-V"],
+            &["bogus"],
+            &["help", "bogus"],
+            &["serve", "--json"],
+            &["serve", "--json=1"],
+            &["serve", "--config"],
+            &["status", "--delete"],
+            &["status", "--json", "--json"],
+            &["status", "--config", "a", "--config", "b"],
+            &["check-config", "extra"],
+            &["status", "--json=yes"],
+            &["status", "--socket", "/a", "--socket=/b"],
+        ];
+        for &argv in cases {
+            let ours = parse(argv);
+            let theirs = crate::Cli::try_parse_from(
+                std::iter::once("natwarden").chain(argv.iter().copied()),
+            );
+            match (ours, theirs) {
+                (Ok(a), Ok(b)) => assert_eq!(describe(a), describe(b.command), "{argv:?}"),
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.text, b.to_string(), "{argv:?}");
+                    assert_eq!(i32::from(a.code), b.exit_code(), "{argv:?}");
+                }
+                (a, b) => panic!("{argv:?}: ours {:?}, clap's {:?}", a.err(), b.err()),
+            }
+        }
     }
 
     #[test]
@@ -223,8 +320,8 @@ mod tests {
         assert_eq!(parse(&["--version"]).err().map(|e| e.code), Some(0));
         assert_eq!(parse(&["serve", "--help"]).err().map(|e| e.code), Some(0));
         assert_eq!(parse(&["help", "status"]).err().map(|e| e.code), Some(0));
+        assert_eq!(parse(&[]).err().map(|e| e.code), Some(2));
         for bad in [
-            &[][..],
             &["map", "80"][..],
             &["serve", "--json"][..],
             &["serve", "--config"][..],

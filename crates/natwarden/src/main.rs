@@ -6,7 +6,9 @@
 
 #[cfg(feature = "audit")]
 mod audit_cli;
-#[cfg(not(feature = "clap"))]
+// Compiled with clap too when testing, to check that both parsers agree.
+#[cfg(any(test, not(feature = "clap")))]
+#[cfg_attr(feature = "clap", allow(dead_code))]
 mod cli_router;
 #[cfg(feature = "client")]
 mod client_cli;

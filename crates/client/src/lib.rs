@@ -25,11 +25,15 @@
 //! # Ok::<(), natwarden_client::Error>(())
 //! ```
 
+// The one system call std lacks (poll) lives in `net` alone.
+#![deny(unsafe_code)]
+
 mod client;
 pub mod discovery;
 pub mod epoch;
 mod error;
 pub mod lease;
+#[allow(unsafe_code)]
 mod net;
 pub mod random;
 pub mod retransmit;

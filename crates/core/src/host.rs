@@ -2,7 +2,7 @@
 //! datagrams come from, else by its IP address. Quotas and the rate limit count per host,
 //! so rotating IPv6 privacy addresses inside the prefix buys no more mappings.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// The identity quotas and rate limits are kept for.
@@ -14,12 +14,12 @@ pub enum HostId {
     Address(IpAddr),
 }
 
-/// Link-layer addresses learnt per IP address, bounded: the oldest learnt is forgotten
-/// first (its host then counts by address until seen again).
+/// Link-layer addresses learnt per IP address, bounded: when full it starts afresh (every
+/// request is learnt from again before it is handled, and a mapping keeps the host it
+/// was granted to, so forgetting costs nothing but the lookups of that moment).
 #[derive(Debug)]
 pub(crate) struct HostBook {
     by_ip: HashMap<IpAddr, [u8; 6]>,
-    order: VecDeque<IpAddr>,
     capacity: usize,
 }
 
@@ -27,21 +27,16 @@ impl HostBook {
     pub(crate) fn new(capacity: usize) -> HostBook {
         HostBook {
             by_ip: HashMap::new(),
-            order: VecDeque::new(),
             capacity: capacity.max(1),
         }
     }
 
     /// `ip` was seen sent from link-layer address `link`.
     pub(crate) fn learn(&mut self, ip: IpAddr, link: [u8; 6]) {
-        if self.by_ip.insert(ip, link).is_none() {
-            self.order.push_back(ip);
-            while self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    self.by_ip.remove(&old);
-                }
-            }
+        if self.by_ip.len() >= self.capacity && !self.by_ip.contains_key(&ip) {
+            self.by_ip.clear();
         }
+        self.by_ip.insert(ip, link);
     }
 
     pub(crate) fn host_of(&self, ip: IpAddr) -> HostId {

@@ -9,6 +9,8 @@
 //!   result code, announcements, drops, and when to poll again;
 //! - [`firewall`], [`table`], [`policy`], [`net`], `ratelimit`: the values they work on.
 
+#![forbid(unsafe_code)]
+
 pub mod firewall;
 pub mod gateway;
 mod host;

@@ -86,12 +86,22 @@ impl RateLimiter {
             return;
         }
         let evict = (self.max_clients / 8).max(1);
-        let mut by_idle: Vec<(Instant, HostId)> =
-            self.buckets.iter().map(|(ip, b)| (b.last, *ip)).collect();
-        by_idle.select_nth_unstable(evict - 1);
-        for (_, ip) in &by_idle[..evict] {
-            self.buckets.remove(ip);
-        }
+        // The last use of the evict-th longest idle: all idler go, then as many of those
+        // used at that very time as make `evict`.
+        let mut last_used: Vec<Instant> = self.buckets.values().map(|b| b.last).collect();
+        last_used.sort_unstable();
+        let cutoff = last_used[evict - 1];
+        let mut ties = evict - last_used.partition_point(|&t| t < cutoff);
+        self.buckets.retain(|_, b| {
+            if b.last < cutoff {
+                return false;
+            }
+            if b.last == cutoff && ties > 0 {
+                ties -= 1;
+                return false;
+            }
+            true
+        });
     }
 
     /// Forgets buckets that have refilled completely: they hold no information.

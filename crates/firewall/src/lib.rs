@@ -1,12 +1,16 @@
 //! Kernel side of natwarden: the Backend trait the daemon drives, its error type, and the
 //! backends (nftables over raw netlink, none); plus small rtnetlink queries in [`rtnl`].
 
+// System calls live in `socket` alone.
+#![deny(unsafe_code)]
+
 mod batch;
 mod netlink;
 mod nft;
 mod nftables;
 mod none;
 pub mod rtnl;
+#[allow(unsafe_code)]
 mod socket;
 mod watch;
 

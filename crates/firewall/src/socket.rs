@@ -105,9 +105,12 @@ impl NlSocket {
     }
 
     pub fn set_receive_timeout(&self, t: Duration) -> io::Result<()> {
+        // The field types differ between libcs (and musl's are changing): converted, so
+        // that the same code builds for glibc and musl.
+        let too_long = || io::Error::from(io::ErrorKind::InvalidInput);
         let tv = libc::timeval {
-            tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_usec: libc::suseconds_t::from(t.subsec_micros() as i32),
+            tv_sec: c_field(t.as_secs()).ok_or_else(too_long)?,
+            tv_usec: c_field(t.subsec_micros().into()).ok_or_else(too_long)?,
         };
         // SAFETY: the option value points to a live timeval and its exact size is passed.
         let rc = unsafe {
@@ -206,4 +209,9 @@ fn kernel_addr() -> libc::sockaddr_nl {
     let mut a: libc::sockaddr_nl = unsafe { mem::zeroed() };
     a.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     a
+}
+
+/// A value in a C field whose integer type depends on the libc.
+fn c_field<T: TryFrom<u64>>(v: u64) -> Option<T> {
+    T::try_from(v).ok()
 }

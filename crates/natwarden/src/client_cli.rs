@@ -291,30 +291,9 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 /// SIGINT and SIGTERM set [`STOP`]; without SA_RESTART, so that they also cut the lease's
 /// poll(2) short and the mapping is removed at once.
 fn install_stop_handlers() -> anyhow::Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic, and
-        // sigemptyset initialises the mask before use.
-        let rc = unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            action.sa_flags = 0;
-            libc::sigaction(signal, &action, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("installing a signal handler");
-        }
-    }
-    // The daemon's code may have blocked them in this thread; make sure they arrive.
-    // SAFETY: sigset_t is plain data initialised by sigemptyset/sigaddset.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-    }
-    Ok(())
+    // The daemon's code may have blocked them in this thread; on_signals unblocks them.
+    crate::sys::on_signals(&[crate::sys::SIGINT, crate::sys::SIGTERM], on_stop_signal)
+        .context("installing a signal handler")
 }
 
 // ---- output ----

@@ -255,7 +255,7 @@ pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
 }
 
 pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
-    Ok(toml::from_str(text)?)
+    Ok(basic_toml::from_str(text)?)
 }
 
 #[cfg(test)]

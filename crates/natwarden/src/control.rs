@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::state::protocol_from;
+use crate::sys::{self, Epoll, EpollOp};
 
 pub const DEFAULT_SOCKET: &str = "/run/natwarden/control.sock";
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -112,7 +113,7 @@ pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
     group: Option<u32>,
-    epoll: OwnedFd,
+    epoll: Epoll,
     connections: HashMap<u64, Connection>,
     /// Whether the listener is registered with the epoll instance (it is taken out
     /// while accepting fails or all connection slots are busy).
@@ -133,24 +134,16 @@ impl ControlServer {
             Err(e) => return Err(e),
         }
         // Create it unreachable, then open it up to exactly who may use it.
-        // SAFETY: umask(2) has no preconditions.
-        let old = unsafe { libc::umask(0o177) };
+        let old = sys::umask(0o177);
         let bound = UnixListener::bind(path);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
+        sys::umask(old);
         let listener = bound?;
         if let Some(gid) = group {
             std::os::unix::fs::chown(path, None, Some(gid))?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
         }
         listener.set_nonblocking(true)?;
-        // SAFETY: epoll_create1 has no preconditions; the fd is checked, then owned.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
-        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let epoll = Epoll::new()?;
         let mut server = ControlServer {
             listener,
             path: path.to_path_buf(),
@@ -167,7 +160,7 @@ impl ControlServer {
     /// The fd to poll for readability: the epoll instance, ready whenever the listener
     /// or a connection is.
     pub fn raw_fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
+        self.epoll.raw_fd()
     }
 
     /// When [`ControlServer::service`] must run even if nothing became ready: a
@@ -190,18 +183,7 @@ impl ControlServer {
         }
         self.update_listening();
         let mut ready = Vec::new();
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
-        // SAFETY: `events` is a live array of 32 epoll_event; timeout 0 never blocks.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.epoll.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                0,
-            )
-        };
-        for e in events.iter().take(usize::try_from(n).unwrap_or(0)) {
-            let (token, flags) = (e.u64, e.events);
+        for (token, flags) in self.epoll.ready().unwrap_or_default() {
             if token == LISTENER {
                 self.accept_all(now);
             } else {
@@ -228,7 +210,7 @@ impl ControlServer {
         self.flush(id.0);
         if self.connections.contains_key(&id.0) {
             // Wait for room in the socket buffer, no longer for input.
-            let _ = self.epoll_ctl(libc::EPOLL_CTL_MOD, id.0, libc::EPOLLOUT as u32);
+            let _ = self.epoll_ctl(EpollOp::Modify, id.0, sys::EPOLLOUT);
         }
     }
 
@@ -279,10 +261,7 @@ impl ControlServer {
                 continue;
             }
             let token = stream.as_raw_fd() as u64;
-            if self
-                .epoll_ctl(libc::EPOLL_CTL_ADD, token, libc::EPOLLIN as u32)
-                .is_err()
-            {
+            if self.epoll_ctl(EpollOp::Add, token, sys::EPOLLIN).is_err() {
                 continue;
             }
             self.connections.insert(
@@ -310,7 +289,7 @@ impl ControlServer {
             return;
         };
         if c.replying {
-            if flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
+            if flags & (sys::EPOLLERR | sys::EPOLLHUP) != 0 {
                 self.close(token);
             } else {
                 self.flush(token);
@@ -344,7 +323,7 @@ impl ControlServer {
             .ok()
             .and_then(|l| serde_json::from_str(l.trim()).ok());
         // Nothing more is read; wait for the daemon's answer.
-        let _ = self.epoll_ctl(libc::EPOLL_CTL_MOD, token, 0);
+        let _ = self.epoll_ctl(EpollOp::Modify, token, 0);
         ready.push((ConnectionId(token), request));
     }
 
@@ -368,7 +347,7 @@ impl ControlServer {
     fn close(&mut self, token: u64) {
         if let Some(c) = self.connections.remove(&token) {
             // Before the fd closes, so the number cannot be reused under epoll.
-            let _ = self.epoll_ctl(libc::EPOLL_CTL_DEL, token, 0);
+            let _ = self.epoll_ctl(EpollOp::Delete, token, 0);
             drop(c);
         }
     }
@@ -382,54 +361,24 @@ impl ControlServer {
     }
 
     fn listen(&mut self, on: bool) -> io::Result<()> {
-        let fd = self.listener.as_raw_fd();
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: LISTENER,
-        };
-        let op = if on {
-            libc::EPOLL_CTL_ADD
-        } else {
-            libc::EPOLL_CTL_DEL
-        };
-        // SAFETY: valid epoll and listener fds; `ev` lives across the call.
-        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let op = if on { EpollOp::Add } else { EpollOp::Delete };
+        self.epoll
+            .control(op, self.listener.as_raw_fd(), sys::EPOLLIN, LISTENER)?;
         self.listening = on;
         Ok(())
     }
 
-    fn epoll_ctl(&self, op: libc::c_int, token: u64, events: u32) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events, u64: token };
+    fn epoll_ctl(&self, op: EpollOp, token: u64, events: u32) -> io::Result<()> {
         // The token of a connection is its fd.
-        let fd = token as RawFd;
-        // SAFETY: valid epoll fd; `fd` belongs to a live connection; `ev` lives across
-        // the call.
-        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        let fd =
+            RawFd::try_from(token).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        self.epoll.control(op, fd, events, token)
     }
 
     fn peer_allowed(&self, stream: &UnixStream) -> bool {
-        // SAFETY: ucred is plain data; getsockopt fills at most `len` bytes of it.
-        let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        let rc = unsafe {
-            libc::getsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                (&mut cred as *mut libc::ucred).cast(),
-                &mut len,
-            )
-        };
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
-        rc == 0 && (cred.uid == 0 || cred.uid == me || Some(cred.gid) == self.group)
+        let me = sys::effective_uid();
+        sys::peer_credentials(stream.as_fd())
+            .is_ok_and(|c| c.uid == 0 || c.uid == me || Some(c.gid) == self.group)
     }
 }
 

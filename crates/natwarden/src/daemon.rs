@@ -833,15 +833,11 @@ fn restore(gateway: &mut Gateway, settings: &Settings, clock: Clock) -> u64 {
 }
 
 fn group_id(name: &str) -> anyhow::Result<u32> {
-    let c = std::ffi::CString::new(name).context("control.group contains a NUL byte")?;
-    // SAFETY: getgrnam reads a valid C string; the result is checked for NULL and read
-    // before any other call could reuse its static buffer.
-    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-    if gr.is_null() {
-        anyhow::bail!("control.group: no group named `{name}`; create it or remove the key");
-    }
-    // SAFETY: non-null pointer to the static group struct just returned.
-    Ok(unsafe { (*gr).gr_gid })
+    crate::sys::group_id(name)
+        .context("control.group contains a NUL byte")?
+        .with_context(|| {
+            format!("control.group: no group named `{name}`; create it or remove the key")
+        })
 }
 
 /// Each change at `info` while batches are small (what an admin wants to read); under

@@ -5,11 +5,10 @@
 //! prefix keeps one quota and one rate limit, as a router identifies it.
 
 use std::io;
-use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 
-use crate::udp::check;
+use crate::sys;
 
 const ETH_P_IPV6: u16 = 0x86dd;
 /// IPv6 header (40) and UDP header (8): all the filter passes on.
@@ -47,42 +46,19 @@ fn filter(port: u16) -> [libc::sock_filter; 6] {
 impl LinkTap {
     /// Needs CAP_NET_RAW (held at start-up only; the socket stays usable after).
     pub fn open(port: u16) -> io::Result<LinkTap> {
-        // SAFETY: plain socket(2); the result is checked before use.
-        let raw = check(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                i32::from(ETH_P_IPV6.to_be()),
-            )
-        })?;
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut program = filter(port);
-        let prog = libc::sock_fprog {
-            len: program.len() as u16,
-            filter: program.as_mut_ptr(),
-        };
-        // SAFETY: `prog` points at `program`, alive for the call; the kernel copies it.
-        check(unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&prog as *const libc::sock_fprog).cast(),
-                size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        })?;
+        let fd = sys::socket(
+            sys::AF_PACKET,
+            libc::SOCK_DGRAM,
+            libc::c_int::from(ETH_P_IPV6.to_be()),
+        )?;
+        sys::attach_filter(fd.as_fd(), &mut filter(port))?;
         // A burst of requests queues here as it does on the UDP socket.
         let size = 1 << 20;
-        crate::udp::setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).or_else(
-            |_| crate::udp::setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, size),
+        sys::setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).or_else(
+            |_| sys::setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, size),
         )?;
         // Frames queued before the filter was attached are read (and checked) as usual.
         Ok(LinkTap { fd, port })
-    }
-
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
     }
 
     /// Reads every waiting frame: `f(interface, source address, link-layer source)` for
@@ -90,31 +66,14 @@ impl LinkTap {
     pub fn drain(&self, mut f: impl FnMut(u32, IpAddr, [u8; 6])) {
         let mut buf = [0u8; SNAP as usize];
         for _ in 0..4096 {
-            // SAFETY: all-zero is valid for sockaddr_ll.
-            let mut from: libc::sockaddr_ll = unsafe { zeroed() };
-            let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: `buf` and `from` are live and their sizes passed.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_TRUNC,
-                    (&mut from as *mut libc::sockaddr_ll).cast(),
-                    &mut len,
-                )
-            };
-            if n < 0 {
+            let Ok(Some(frame)) = sys::recv_link_frame(self.fd.as_fd(), &mut buf) else {
                 return;
-            }
-            let got = (n as usize).min(buf.len());
-            if from.sll_pkttype == libc::PACKET_OUTGOING || from.sll_halen != 6 {
+            };
+            let Some(mac) = frame.source else {
                 continue;
-            }
-            if let Some(source) = udp_source(&buf[..got], self.port) {
-                let mut mac = [0u8; 6];
-                mac.copy_from_slice(&from.sll_addr[..6]);
-                f(from.sll_ifindex as u32, IpAddr::V6(source), mac);
+            };
+            if let Some(source) = udp_source(&buf[..frame.len], self.port) {
+                f(frame.ifindex, IpAddr::V6(source), mac);
             }
         }
     }

@@ -1,29 +1,47 @@
 //! natwarden: a NAT-PMP gateway that cannot be opened from the WAN.
 //! This file only wires the command line to the modules that do the work.
 
+// System calls live in `sys` alone.
+#![deny(unsafe_code)]
+
+#[cfg(feature = "audit")]
 mod audit_cli;
+// Compiled with clap too when testing, to check that both parsers agree.
+#[cfg(any(test, not(feature = "clap")))]
+#[cfg_attr(feature = "clap", allow(dead_code))]
+mod cli_router;
+#[cfg(feature = "client")]
 mod client_cli;
 mod config;
 mod control;
 mod daemon;
 mod facts;
 mod linklayer;
+mod log;
 mod privileges;
+#[cfg(feature = "audit")]
 mod rawudp;
 mod signals;
 mod state;
 mod status;
+#[allow(unsafe_code)]
+mod sys;
 mod udp;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+#[cfg(feature = "clap")]
 use clap::{Parser, Subcommand};
 use natwarden_firewall::{Backend, NftConfig, Nftables, NoneBackend};
 
 use crate::config::BackendKind;
 
+/// The command line. With the client or the auditor (the default build) clap parses it;
+/// the router build (`--no-default-features`) has three subcommands and parses them with
+/// [`cli_router`], which prints the same help and exits with the same codes.
+#[cfg(feature = "clap")]
 #[derive(Parser)]
 #[command(
     name = "natwarden",
@@ -35,65 +53,51 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand)]
+#[cfg_attr(feature = "clap", derive(Subcommand))]
 enum Command {
     /// Run the gateway daemon (SIGHUP reloads the config, SIGTERM/SIGINT remove the
     /// nftables table and exit).
     Serve {
-        #[arg(long, default_value = config::DEFAULT_PATH)]
+        #[cfg_attr(feature = "clap", arg(long, default_value = config::DEFAULT_PATH))]
         config: PathBuf,
     },
     /// Check a config file against this machine's interfaces and exit.
     CheckConfig {
-        #[arg(long, default_value = config::DEFAULT_PATH)]
+        #[cfg_attr(feature = "clap", arg(long, default_value = config::DEFAULT_PATH))]
         config: PathBuf,
     },
     /// Show the running daemon's mappings, external address, epoch and counters.
     Status {
         /// One JSON document instead of lines for a person.
-        #[arg(long)]
+        #[cfg_attr(feature = "clap", arg(long))]
         json: bool,
         /// Remove mappings: CLIENT (all of its mappings) or CLIENT:PORT/PROTO.
-        #[arg(long, value_name = "CLIENT[:PORT/PROTO]")]
+        #[cfg_attr(feature = "clap", arg(long, value_name = "CLIENT[:PORT/PROTO]"))]
         delete: Option<String>,
         /// The control socket (default: `[control] socket` of the config).
-        #[arg(long)]
+        #[cfg_attr(feature = "clap", arg(long))]
         socket: Option<PathBuf>,
-        #[arg(long, default_value = config::DEFAULT_PATH)]
+        #[cfg_attr(feature = "clap", arg(long, default_value = config::DEFAULT_PATH))]
         config: PathBuf,
     },
     /// Client: print the gateway's external address (PCP first, then NAT-PMP).
+    #[cfg(feature = "client")]
     ExternalAddress(client_cli::ExternalAddressArgs),
     /// Client: map a port of this host on the gateway (--keep holds it until Ctrl-C).
+    #[cfg(feature = "client")]
     Map(client_cli::MapArgs),
     /// Client: remove a mapping of this host (all of them with --all).
+    #[cfg(feature = "client")]
     Unmap(client_cli::UnmapArgs),
     /// Auditor: probe gateways from outside for the five CERT VU#184540 weaknesses
     /// (exit 0: none found, 1: findings, 2: error).
+    #[cfg(feature = "audit")]
     Audit(audit_cli::AuditArgs),
 }
 
-fn init_logging() {
-    let level = std::env::var("NATWARDEN_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-}
-
 fn seed() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: getrandom writes at most b.len() bytes into `b`.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != 8 {
-        // Port choice stays valid without randomness, only more predictable.
-        return std::process::id().into();
-    }
-    u64::from_ne_bytes(b)
+    // Port choice stays valid without randomness, only more predictable.
+    sys::random_u64().unwrap_or_else(|| std::process::id().into())
 }
 
 fn serve(path: &Path) -> anyhow::Result<()> {
@@ -160,12 +164,19 @@ fn status(
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging();
-    let result = match cli.command {
+    #[cfg(feature = "clap")]
+    let command = Cli::parse().command;
+    #[cfg(not(feature = "clap"))]
+    let command = cli_router::parse(std::env::args_os().skip(1));
+    log::init();
+    let result = match command {
+        #[cfg(feature = "client")]
         Command::ExternalAddress(args) => return client_cli::external_address(args),
+        #[cfg(feature = "client")]
         Command::Map(args) => return client_cli::map(args),
+        #[cfg(feature = "client")]
         Command::Unmap(args) => return client_cli::unmap(args),
+        #[cfg(feature = "audit")]
         Command::Audit(args) => return audit_cli::audit(args),
         Command::Serve { config } => serve(&config),
         Command::CheckConfig { config } => check_config(&config),
@@ -187,13 +198,15 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
 
     /// The shipped man pages (dist/man: natwarden.8 and one page per subcommand) are
     /// generated from the CLI definition; regenerate them with
-    /// `UPDATE_MAN=1 cargo test -p natwarden man_pages` when the CLI changes.
+    /// `UPDATE_MAN=1 cargo test -p natwarden man_pages` when the CLI changes. They
+    /// describe the default build (with the client and the auditor).
+    #[cfg(all(feature = "client", feature = "audit"))]
     #[test]
     fn man_pages_are_current() {
+        use clap::CommandFactory;
         let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/man"));
         let cli = super::Cli::command();
         let mut pages = vec![("natwarden.8".to_string(), cli.clone())];

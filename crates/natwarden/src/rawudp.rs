@@ -4,11 +4,10 @@
 //! holds with ICMP port unreachable (rate-limited), as it answers zmap's with RSTs.
 
 use std::io;
-use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use crate::udp::{check, setsockopt_int, sockaddr, SockAddr};
+use crate::sys;
 
 /// Datagrams per sendmmsg/recvmmsg call.
 pub const BATCH: usize = 64;
@@ -38,18 +37,10 @@ impl RawUdp {
     /// A raw UDP socket sending from `source` (this host's address towards the targets).
     pub fn open(source: IpAddr) -> io::Result<RawUdp> {
         let family = match source {
-            IpAddr::V4(_) => libc::AF_INET,
-            IpAddr::V6(_) => libc::AF_INET6,
+            IpAddr::V4(_) => sys::AF_INET,
+            IpAddr::V6(_) => sys::AF_INET6,
         };
-        // SAFETY: plain socket(2); the result is checked before use.
-        let raw = check(unsafe {
-            libc::socket(
-                family,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_UDP,
-            )
-        })
-        .map_err(|e| {
+        let fd = sys::socket(family, libc::SOCK_RAW, libc::IPPROTO_UDP).map_err(|e| {
             if e.raw_os_error() == Some(libc::EPERM) {
                 io::Error::new(
                     e.kind(),
@@ -59,21 +50,18 @@ impl RawUdp {
                 e
             }
         })?;
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let s = fd.as_fd();
         if source.is_ipv6() {
             // The kernel fills in (and checks) the UDP checksum at offset 6 (RFC 3542 3.1).
-            setsockopt_int(raw, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 6)?;
+            sys::setsockopt_int(s, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 6)?;
         }
         // Replies to a fast scan arrive in bursts, and probes leave in them.
         let size = 8 << 20;
-        setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size)
-            .or_else(|_| setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, size))?;
-        setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size / 2)
-            .or_else(|_| setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, size / 2))?;
-        let (sa, len) = sockaddr(SocketAddr::new(source, 0));
-        // SAFETY: `sa` holds a valid sockaddr of the length passed.
-        check(unsafe { libc::bind(raw, (&sa as *const SockAddr).cast(), len) })?;
+        sys::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size)
+            .or_else(|_| sys::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF, size))?;
+        sys::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size / 2)
+            .or_else(|_| sys::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_SNDBUF, size / 2))?;
+        sys::bind(s, SocketAddr::new(source, 0))?;
         Ok(RawUdp {
             fd,
             source,
@@ -88,19 +76,7 @@ impl RawUdp {
 
     /// Waits until the send queue has room (or `timeout` passes): `false` on timeout.
     pub fn wait_writable(&self, timeout: std::time::Duration) -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one live pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        match check(rc) {
-            Ok(n) => Ok(n > 0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
-            Err(e) => Err(e),
-        }
+        sys::poll_writable(self.fd.as_fd(), timeout)
     }
 
     pub fn is_v6(&self) -> bool {
@@ -111,31 +87,14 @@ impl RawUdp {
     /// many the kernel took (0 when its queue is full).
     pub fn send(&mut self, batch: &[(SocketAddr, u16, &[u8])]) -> io::Result<usize> {
         let n = batch.len().min(BATCH);
-        let packets = &mut self.packets;
-        let mut names: Vec<(SockAddr, libc::socklen_t)> = Vec::with_capacity(n);
-        let mut iovs: Vec<libc::iovec> = Vec::with_capacity(n);
-        for (i, &(dst, src_port, payload)) in batch[..n].iter().enumerate() {
-            let len = udp_datagram(&mut packets[i], self.source, dst, src_port, payload);
+        let mut out: Vec<(SocketAddr, &mut [u8])> = Vec::with_capacity(n);
+        for (packet, &(dst, src_port, payload)) in self.packets.iter_mut().zip(&batch[..n]) {
+            let len = udp_datagram(packet, self.source, dst, src_port, payload);
             // Raw sockets take the port as a protocol number (IPv6): it must be 0.
-            names.push(sockaddr(SocketAddr::new(dst.ip(), 0)));
-            iovs.push(libc::iovec {
-                iov_base: packets[i].as_mut_ptr().cast(),
-                iov_len: len,
-            });
+            out.push((SocketAddr::new(dst.ip(), 0), &mut packet[..len]));
         }
-        // SAFETY: all-zero is valid for mmsghdr; the pointers set below stay alive
-        // (names, iovs, self.packets) until sendmmsg returns.
-        let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
-        for i in 0..n {
-            msgs[i].msg_hdr.msg_name = (&mut names[i].0 as *mut SockAddr).cast();
-            msgs[i].msg_hdr.msg_namelen = names[i].1;
-            msgs[i].msg_hdr.msg_iov = &mut iovs[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: `msgs` holds n initialised headers.
-        let rc = unsafe { libc::sendmmsg(self.raw_fd(), msgs.as_mut_ptr(), n as _, 0) };
-        match check(rc) {
-            Ok(sent) => Ok(sent as usize),
+        match sys::send_batch(self.fd.as_fd(), &mut out) {
+            Ok(sent) => Ok(sent),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(0),
             Err(e) => Err(e),
@@ -145,53 +104,25 @@ impl RawUdp {
     /// Reads up to [`BATCH`] waiting datagrams from a gateway port (source port
     /// `from_port`) and passes each to `f`; returns how many were read.
     pub fn recv(&mut self, from_port: u16, mut f: impl FnMut(Datagram<'_>)) -> io::Result<usize> {
-        // SAFETY: all-zero is valid for these plain C structs.
-        let mut names: Vec<SockAddr> = (0..BATCH).map(|_| unsafe { zeroed() }).collect();
-        let mut iovs: Vec<libc::iovec> = self
-            .bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: RECV_LEN,
-            })
-            .collect();
-        // SAFETY: as above; the pointers stay alive until recvmmsg returns.
-        let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { zeroed() }).collect();
-        for i in 0..BATCH {
-            msgs[i].msg_hdr.msg_name = (&mut names[i] as *mut SockAddr).cast();
-            msgs[i].msg_hdr.msg_namelen = size_of::<SockAddr>() as libc::socklen_t;
-            msgs[i].msg_hdr.msg_iov = &mut iovs[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: `msgs` holds BATCH initialised headers over live buffers.
-        let rc = unsafe {
-            libc::recvmmsg(
-                self.raw_fd(),
-                msgs.as_mut_ptr(),
-                BATCH as _,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        let n = match check(rc) {
-            Ok(n) => n as usize,
+        let v6 = self.source.is_ipv6();
+        let got = match sys::recv_batch(self.fd.as_fd(), v6, &mut self.bufs) {
+            Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
             Err(e) => return Err(e),
         };
-        for i in 0..n {
-            let len = (msgs[i].msg_len as usize).min(RECV_LEN);
-            let bytes = &self.bufs[i][..len];
-            let parsed = match self.source {
+        for (buf, &(len, from)) in self.bufs.iter().zip(&got) {
+            let bytes = &buf[..len];
+            let parsed = match from.ip() {
                 IpAddr::V4(_) => parse_ipv4_udp(bytes),
-                // SAFETY: the kernel wrote an AF_INET6 sockaddr for this raw IPv6 socket.
-                IpAddr::V6(_) => parse_udp(unsafe { names[i].v6 }.sin6_addr.s6_addr.into(), bytes),
+                // A raw IPv6 socket reads from the UDP header on; the source is the name.
+                v6 @ IpAddr::V6(_) => parse_udp(v6, bytes),
             };
             if let Some(d) = parsed.filter(|d| d.source.port() == from_port) {
                 f(d);
             }
         }
-        Ok(n)
+        Ok(got.len())
     }
 }
 

@@ -1,6 +1,8 @@
 //! Wire formats of the port-mapping protocols natwarden speaks, as pure functions over bytes.
 //! No allocation, no I/O, no logging: `parse` never panics, `emit` writes into a caller's buffer.
 
+#![forbid(unsafe_code)]
+
 mod bytes;
 pub mod natpmp;
 pub mod pcp;

@@ -12,15 +12,6 @@ use common::*;
 
 const NFT_LIST_FWD4: [&str; 7] = ["nft", "-j", "list", "map", "inet", "natwarden", "fwd4"];
 
-fn map_request(port: u16, lifetime: u32) -> [u8; 12] {
-    let mut r = [0u8; 12];
-    r[1] = 2; // map TCP
-    r[4..6].copy_from_slice(&port.to_be_bytes());
-    r[6..8].copy_from_slice(&port.to_be_bytes());
-    r[8..12].copy_from_slice(&lifetime.to_be_bytes());
-    r
-}
-
 /// Whether `nft -j list map ... fwd4` output holds a tcp forward of external `port`.
 fn holds_tcp_forward(nft_json: &[u8], port: u16) -> bool {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(nft_json) else {

@@ -19,15 +19,6 @@ fn in_lan<T: Send + 'static>(
     lab.spawn_in(Host::Lan, f)
 }
 
-fn map_request(port: u16, lifetime: u32) -> [u8; 12] {
-    let mut r = [0u8; 12];
-    r[1] = 2; // map TCP
-    r[4..6].copy_from_slice(&port.to_be_bytes());
-    r[6..8].copy_from_slice(&port.to_be_bytes());
-    r[8..12].copy_from_slice(&lifetime.to_be_bytes());
-    r
-}
-
 /// Mapping (protocol, internal port) -> external port, from `status --json`.
 fn status_mappings(v: &serde_json::Value) -> BTreeMap<(String, u16), u16> {
     v["mappings"]
@@ -100,16 +91,7 @@ fn kill_9_in_a_burst_of_thousands_loses_no_acknowledged_mapping() {
         return;
     }
     let lab = Lab::up();
-    let cfg = lab.config(
-        "gw.toml",
-        &[
-            ("max_per_client = 128", "max_per_client = 10000"),
-            (
-                "requests_per_second_per_client = 20",
-                "requests_per_second_per_client = 0",
-            ),
-        ],
-    );
+    let cfg = lab.config("gw.toml", &MANY_MAPPINGS);
     let d = lab.start(&cfg);
     let (reached_tx, reached_rx) = mpsc::channel();
     // The LAN host fires 4,000 requests, 64 in flight, and records every acknowledgement.
@@ -611,16 +593,7 @@ fn stalled_control_clients_delay_no_nat_pmp_reply_and_are_dropped_after_the_dead
         return;
     }
     let lab = Lab::up();
-    let cfg = lab.config(
-        "gw.toml",
-        &[
-            ("max_per_client = 128", "max_per_client = 10000"),
-            (
-                "requests_per_second_per_client = 20",
-                "requests_per_second_per_client = 0",
-            ),
-        ],
-    );
+    let cfg = lab.config("gw.toml", &MANY_MAPPINGS);
     let d = lab.start(&cfg);
     // Enough mappings that the status reply is far larger than a socket buffer.
     assert_eq!(map_many(&lab, 20000, 3000), 3000);

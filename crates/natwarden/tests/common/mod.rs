@@ -20,6 +20,25 @@ const NETNS_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../lab/netns.sh"
 pub const EXAMPLE_CONFIG: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/natwarden.toml");
 
+/// A NAT-PMP request mapping TCP `port` to the same external port (RFC 6886 3.3).
+pub fn map_request(port: u16, lifetime: u32) -> [u8; 12] {
+    let mut r = [0u8; 12];
+    r[1] = 2; // map TCP
+    r[4..6].copy_from_slice(&port.to_be_bytes());
+    r[6..8].copy_from_slice(&port.to_be_bytes());
+    r[8..12].copy_from_slice(&lifetime.to_be_bytes());
+    r
+}
+
+/// Config edits for tests that make thousands of mappings from one host, fast.
+pub const MANY_MAPPINGS: [(&str, &str); 2] = [
+    ("max_per_client = 128", "max_per_client = 10000"),
+    (
+        "requests_per_second_per_client = 20",
+        "requests_per_second_per_client = 0",
+    ),
+];
+
 /// Root is required; under CI a missing privilege is a failure, not a skip.
 pub fn require_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -146,6 +146,8 @@ struct Answered {
     epoch: Option<(u32, Instant)>,
     reply_source: Option<IpAddr>,
     txns: Vec<Txn>,
+    /// Its NAT-PMP external-address request has been queued after its first answer.
+    followed_up: bool,
     /// The source port held for this target's mapping transactions.
     port: Option<u16>,
     reported: bool,
@@ -201,6 +203,9 @@ pub struct Scanner {
     queue: VecDeque<Transmit>,
     /// A target whose ports were all busy, to probe first once one frees.
     stalled: Option<(IpAddr, Option<Instant>)>,
+    /// Targets that answered their first probe, to ask the next one (see
+    /// [`Scanner::pending_probes`]).
+    followups: VecDeque<IpAddr>,
     answered: HashMap<IpAddr, Answered>,
     /// Mapping transactions due, by deadline: (when, target, txn index).
     timers: BinaryHeap<Reverse<(Instant, IpAddr, usize)>>,
@@ -243,6 +248,7 @@ impl Scanner {
             burst: (interval * 64).max(Duration::from_millis(2)),
             queue: VecDeque::new(),
             stalled: None,
+            followups: VecDeque::new(),
             answered: HashMap::new(),
             timers: BinaryHeap::new(),
             intrusive_queue: VecDeque::new(),
@@ -376,6 +382,14 @@ impl Scanner {
                 }
             }
         }
+        // An IPv4 target that answered the first probe is asked its external address at
+        // once, while the cooldown has not even begun.
+        if target.is_ipv4() && !entry.probes_answered[0] && !entry.followed_up {
+            entry.followed_up = true;
+            if !matches!(self.phase, Phase::Intrusive | Phase::Finished) {
+                self.followups.push_back(target);
+            }
+        }
         if let Some(stage) = finished_txn {
             self.after_reply(now, target, stage);
         }
@@ -479,6 +493,23 @@ impl Scanner {
                 };
             }
         }
+        // Follow-ups to targets that just answered, before new targets.
+        if !self.followups.is_empty() && !self.aborted {
+            if !may_send {
+                return Step::Wait(self.next_send);
+            }
+            if let Some(target) = self.followups.pop_front() {
+                let hold = Some(now + self.attribution_window());
+                if let (Ok(port), Some(probe)) = (
+                    self.slots.acquire(target, now, hold),
+                    self.pending_probes(target),
+                ) {
+                    return Step::Send(transmit(target, port, &probe));
+                }
+                // No port free just now: the next pass asks it.
+                return Step::Again;
+            }
+        }
         let timer = self.timers.peek().map(|Reverse((w, _, _))| *w);
         let wait = |w: Instant| Step::Wait(timer.map_or(w, |t| t.min(w)));
         match &mut self.phase {
@@ -508,19 +539,16 @@ impl Scanner {
                 if pass == 0 {
                     self.progress.probed += 1;
                 }
-                let probes = self.pending_probes(target);
-                if probes.is_empty() {
+                let Some(probe) = self.pending_probes(target) else {
                     return Step::Again;
-                }
+                };
                 // A port is the target's alone for the attribution window: long enough for
                 // a reply from another of its addresses, short enough that the port range
                 // does not pace the scan (its own replies validate by key at any time).
                 let hold = Some(now + self.attribution_window());
                 match self.slots.acquire(target, now, hold) {
                     Ok(port) => {
-                        for p in probes {
-                            self.queue.push_back(transmit(target, port, &p));
-                        }
+                        self.queue.push_back(transmit(target, port, &probe));
                         Step::Again
                     }
                     Err(free_at) => {
@@ -604,20 +632,22 @@ impl Scanner {
         self.cfg.timeout.min(ATTRIBUTION_WINDOW)
     }
 
-    /// The non-intrusive probes `target` has not answered yet.
-    fn pending_probes(&self, target: IpAddr) -> Vec<Probe> {
+    /// The non-intrusive probes `target` has not answered yet. First contact is one PCP
+    /// ANNOUNCE, which every kind of gateway answers (a NAT-PMP-only one with "unsupported
+    /// version", RFC 6887 Appendix A); the NAT-PMP external-address request goes only to
+    /// IPv4 targets that answered it, so a silent address costs one probe per pass.
+    fn pending_probes(&self, target: IpAddr) -> Option<Probe> {
         let answered = self.answered.get(&target).map(|a| a.probes_answered);
-        let [natpmp_done, pcp_done] = answered.unwrap_or_default();
-        let mut probes = Vec::with_capacity(2);
-        if target.is_ipv4() && !natpmp_done {
-            probes.push(Probe::NatPmpAddress);
-        }
-        if !pcp_done {
-            probes.push(Probe::PcpAnnounce {
+        let [natpmp_done, announce_done] = answered.unwrap_or_default();
+        if !announce_done && !natpmp_done {
+            Some(Probe::PcpAnnounce {
                 client: self.client_address(target),
-            });
+            })
+        } else if target.is_ipv4() && !natpmp_done {
+            Some(Probe::NatPmpAddress)
+        } else {
+            None
         }
-        probes
     }
 
     fn prober(&self, target: IpAddr) -> Option<IpAddr> {

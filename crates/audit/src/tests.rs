@@ -31,6 +31,8 @@ enum Kind {
     /// Grants everything, another port than suggested.
     OpenReassign,
     PcpOnly,
+    /// Leaks its address over NAT-PMP; answers PCP with NAT-PMP "unsupported version".
+    NatPmpOnly,
     /// Like Leak, but replies from another address.
     OtherSource,
     Garbage,
@@ -102,6 +104,9 @@ impl Gateway {
             _ => match natwarden_wire::version_of(request)? {
                 natpmp::VERSION if self.kind != Kind::PcpOnly => {
                     self.natpmp(t, request, &mut out)?
+                }
+                pcp::VERSION if self.kind == Kind::NatPmpOnly => {
+                    natpmp::Response::UnsupportedVersion { epoch: 1000 }.emit(&mut out)
                 }
                 pcp::VERSION => self.pcp(t, src, request, &mut out)?,
                 _ => return None,
@@ -367,7 +372,9 @@ const KINDS: [Kind; 9] = [
 fn expected(kind: Kind, intrusive: bool) -> Option<Vec<Finding>> {
     let v = match (kind, intrusive) {
         (Kind::Silent | Kind::Garbage, _) => return None,
-        (Kind::Leak | Kind::PcpOnly | Kind::OtherSource, _) => vec![InformationDisclosure],
+        (Kind::Leak | Kind::PcpOnly | Kind::NatPmpOnly | Kind::OtherSource, _) => {
+            vec![InformationDisclosure]
+        }
         (Kind::SwappedNoAddress, _) => vec![InformationDisclosure, InternalTrafficInterception],
         (Kind::Swapped, false) => vec![InformationDisclosure, InternalTrafficInterception],
         (Kind::Swapped, true) => vec![
@@ -412,9 +419,9 @@ fn check_against_kinds(run: &Run, intrusive: bool) {
     assert_eq!(run.reports.len(), 70, "only answering targets are reported");
     assert_eq!(run.summary.answering, 70);
     assert_eq!(run.summary.targets_probed, 128);
-    // Garbage is no answer: each garbage gateway is asked twice (two probes) in each of the
-    // two passes, and each of its replies counted as malformed.
-    assert_eq!(run.summary.malformed_replies, 10 * 2 * 2);
+    // Garbage is no answer: each garbage gateway gets the first probe (one ANNOUNCE) in
+    // each of the two passes, never the follow-up, and each reply counts as malformed.
+    assert_eq!(run.summary.malformed_replies, 10 * 2);
 }
 
 #[test]
@@ -639,8 +646,9 @@ fn probes_keep_to_the_rate() {
     let mut cfg = config(false);
     cfg.rate = 1000;
     let run = drive(cfg, range("192.0.2.0/24"), net([]), None);
-    // 256 targets, two probes each, retried once: 1024 probes at 1000/s.
-    assert_eq!(run.send_times.len(), 1024);
+    // 256 silent targets, one probe each (the second only goes to those that answer),
+    // retried once: 512 probes at 1000/s.
+    assert_eq!(run.send_times.len(), 512);
     for w in run.send_times.windows(200) {
         let span = w[199] - w[0];
         assert!(
@@ -697,8 +705,25 @@ fn memory_is_bounded_by_answering_targets_not_the_range() {
             }
         }
     }
-    assert_eq!(sent, 2 << 18);
+    assert_eq!(sent, 1 << 18, "one probe per silent target");
     assert!(s.answered_len() == 0);
+}
+
+#[test]
+fn a_nat_pmp_only_gateway_answers_the_first_probe_and_is_asked_its_address() {
+    let t = addr("192.0.2.1");
+    let run = drive(
+        config(false),
+        range("192.0.2.1/32"),
+        net([(t, Kind::NatPmpOnly)]),
+        None,
+    );
+    let r = &run.reports[&t];
+    assert_eq!(r.protocols, ["nat-pmp"]);
+    assert_eq!(r.external_address, Some(t));
+    assert_eq!(r.findings, [InformationDisclosure]);
+    // ANNOUNCE, then the external-address request; nothing more (no retry needed).
+    assert_eq!(run.send_times.len(), 2);
 }
 
 #[test]

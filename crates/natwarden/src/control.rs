@@ -23,9 +23,24 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_REQUEST: usize = 4096;
 
 /// What the admin asks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
+    Status,
+    Delete(DeleteTarget),
+}
+
+/// The mappings an admin deletes: all of a client's, or one (internal port and
+/// protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteTarget {
+    pub client: IpAddr,
+    pub port: Option<(u16, Protocol)>,
+}
+
+/// A request line as it travels: the admin's words, checked by [`Request::from_line`].
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum WireRequest {
     Status,
     Delete {
         client: IpAddr,
@@ -53,31 +68,49 @@ impl Request {
             }
         };
         let client: IpAddr = addr.parse().map_err(|_| bad())?;
-        let (protocol, internal_port) = match rest {
-            None => (None, None),
+        let port = match rest {
+            None => None,
             Some(r) => {
                 let (port, proto) = r.split_once('/').ok_or_else(bad)?;
                 let port: u16 = port.parse().map_err(|_| bad())?;
-                protocol_from(proto).ok_or_else(bad)?;
-                (Some(proto.to_string()), Some(port))
+                Some((port, protocol_from(proto).ok_or_else(bad)?))
             }
         };
-        Ok(Request::Delete {
-            client,
-            protocol,
-            internal_port,
-        })
+        Ok(Request::Delete(DeleteTarget { client, port }))
     }
 
-    /// The delete's target as the core takes it.
-    pub fn delete_target(
-        protocol: &Option<String>,
-        port: Option<u16>,
-    ) -> Option<Option<(Protocol, u16)>> {
-        match (protocol, port) {
-            (None, None) => Some(None),
-            (Some(p), Some(port)) => protocol_from(p).map(|p| Some((p, port))),
-            _ => None,
+    /// One request line, as the daemon reads it; `Err` is the answer that says why not.
+    pub fn from_line(line: &[u8]) -> Result<Request, &'static str> {
+        let wire = std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| serde_json::from_str(l.trim()).ok())
+            .ok_or("unreadable request")?;
+        match wire {
+            WireRequest::Status => Ok(Request::Status),
+            WireRequest::Delete {
+                client,
+                protocol,
+                internal_port,
+            } => {
+                const BOTH: &str = "give both protocol and internal_port, or neither";
+                let port = match (protocol, internal_port) {
+                    (None, None) => None,
+                    (Some(p), Some(port)) => Some((port, protocol_from(&p).ok_or(BOTH)?)),
+                    _ => return Err(BOTH),
+                };
+                Ok(Request::Delete(DeleteTarget { client, port }))
+            }
+        }
+    }
+
+    fn to_wire(self) -> WireRequest {
+        match self {
+            Request::Status => WireRequest::Status,
+            Request::Delete(DeleteTarget { client, port }) => WireRequest::Delete {
+                client,
+                protocol: port.map(|(_, p)| p.name().to_string()),
+                internal_port: port.map(|(n, _)| n),
+            },
         }
     }
 }
@@ -175,8 +208,8 @@ impl ControlServer {
 
     /// Does whatever I/O is possible without blocking: drops connections past their
     /// deadline, accepts, reads requests and writes replies. Returns the requests read
-    /// completely (`None`: unreadable), each to be answered with [`ControlServer::reply`].
-    pub fn service(&mut self, now: Instant) -> Vec<(ConnectionId, Option<Request>)> {
+    /// completely (`Err`: the answer to an unreadable one), each to be answered with [`ControlServer::reply`].
+    pub fn service(&mut self, now: Instant) -> Vec<(ConnectionId, Result<Request, &'static str>)> {
         self.expire(now);
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
@@ -283,7 +316,7 @@ impl ControlServer {
         &mut self,
         token: u64,
         flags: u32,
-        ready: &mut Vec<(ConnectionId, Option<Request>)>,
+        ready: &mut Vec<(ConnectionId, Result<Request, &'static str>)>,
     ) {
         let Some(c) = self.connections.get_mut(&token) else {
             return;
@@ -319,9 +352,7 @@ impl ControlServer {
         }
         c.replying = true;
         let line = c.input.split(|&b| b == b'\n').next().unwrap_or(&[]);
-        let request = std::str::from_utf8(line)
-            .ok()
-            .and_then(|l| serde_json::from_str(l.trim()).ok());
+        let request = Request::from_line(line);
         // Nothing more is read; wait for the daemon's answer.
         let _ = self.epoll_ctl(EpollOp::Modify, token, 0);
         ready.push((ConnectionId(token), request));
@@ -398,7 +429,7 @@ pub fn query(path: &Path, request: &Request) -> anyhow::Result<serde_json::Value
         )
     })?;
     stream.set_read_timeout(Some(IO_TIMEOUT * 5))?;
-    serde_json::to_writer(&mut stream, request)?;
+    serde_json::to_writer(&mut stream, &request.to_wire())?;
     stream.write_all(b"\n")?;
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut answer = String::new();
@@ -416,35 +447,31 @@ mod tests {
     fn delete_specs_parse_or_name_the_format() {
         assert_eq!(
             Request::parse_delete("192.168.1.10:8080/tcp"),
-            Ok(Request::Delete {
+            Ok(Request::Delete(DeleteTarget {
                 client: IpAddr::from([192, 168, 1, 10]),
-                protocol: Some("tcp".into()),
-                internal_port: Some(8080)
-            })
+                port: Some((8080, Protocol::Tcp)),
+            }))
         );
         assert_eq!(
             Request::parse_delete("192.168.1.10"),
-            Ok(Request::Delete {
+            Ok(Request::Delete(DeleteTarget {
                 client: IpAddr::from([192, 168, 1, 10]),
-                protocol: None,
-                internal_port: None
-            })
+                port: None,
+            }))
         );
         assert_eq!(
             Request::parse_delete("[2001:db8:1::10]:8080/udp"),
-            Ok(Request::Delete {
+            Ok(Request::Delete(DeleteTarget {
                 client: "2001:db8:1::10".parse().expect("v6"),
-                protocol: Some("udp".into()),
-                internal_port: Some(8080)
-            })
+                port: Some((8080, Protocol::Udp)),
+            }))
         );
         assert_eq!(
             Request::parse_delete("2001:db8:1::10"),
-            Ok(Request::Delete {
+            Ok(Request::Delete(DeleteTarget {
                 client: "2001:db8:1::10".parse().expect("v6"),
-                protocol: None,
-                internal_port: None
-            })
+                port: None,
+            }))
         );
         for bad in [
             "[2001:db8:1::10]8080/udp",
@@ -454,6 +481,40 @@ mod tests {
             "host",
         ] {
             assert!(Request::parse_delete(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The typed request goes out and comes back as the same JSON line as before.
+    #[test]
+    fn requests_keep_their_json_and_bad_ones_get_their_answer() {
+        let one = Request::parse_delete("192.168.1.10:8080/tcp").expect("parses");
+        let line = serde_json::to_string(&one.to_wire()).expect("json");
+        assert_eq!(
+            line,
+            r#"{"delete":{"client":"192.168.1.10","protocol":"tcp","internal_port":8080}}"#
+        );
+        assert_eq!(Request::from_line(line.as_bytes()), Ok(one));
+        let all = Request::parse_delete("192.168.1.10").expect("parses");
+        let line = serde_json::to_string(&all.to_wire()).expect("json");
+        assert_eq!(
+            line,
+            r#"{"delete":{"client":"192.168.1.10","protocol":null,"internal_port":null}}"#
+        );
+        assert_eq!(Request::from_line(line.as_bytes()), Ok(all));
+        assert_eq!(
+            serde_json::to_string(&Request::Status.to_wire()).expect("json"),
+            r#""status""#
+        );
+        assert_eq!(Request::from_line(b"\"status\"\n"), Ok(Request::Status));
+        assert_eq!(Request::from_line(b"{]"), Err("unreadable request"));
+        for half in [
+            r#"{"delete":{"client":"192.168.1.10","protocol":"tcp","internal_port":null}}"#,
+            r#"{"delete":{"client":"192.168.1.10","protocol":"sctp","internal_port":80}}"#,
+        ] {
+            assert_eq!(
+                Request::from_line(half.as_bytes()),
+                Err("give both protocol and internal_port, or neither")
+            );
         }
     }
 }

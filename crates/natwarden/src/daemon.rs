@@ -514,7 +514,7 @@ impl Daemon {
             StateEvent::Upsert(m) => Record::Upsert(saved(&m, clock)),
             StateEvent::Remove(k) => Record::Remove {
                 client: k.client,
-                protocol: k.protocol.name().into(),
+                protocol: k.protocol,
                 internal_port: k.internal_port,
             },
             StateEvent::NewEpoch => {
@@ -723,25 +723,18 @@ impl Daemon {
         // each: admin queries never starve or stall the LAN.
         for (id, request) in self.control.service(Instant::now()) {
             let body = match request {
-                Some(control::Request::Status) => {
+                Ok(control::Request::Status) => {
                     status::to_json(&self.gateway, &self.settings, Instant::now())
                 }
-                Some(control::Request::Delete {
-                    client,
-                    protocol,
-                    internal_port,
-                }) => match control::Request::delete_target(&protocol, internal_port) {
-                    Some(which) => {
-                        let n = self.gateway.admin_delete(client, which);
-                        self.carry_out(Instant::now())?;
-                        info!(%client, deleted = n, "admin deleted mappings");
-                        serde_json::json!({ "deleted": n })
-                    }
-                    None => {
-                        serde_json::json!({ "error": "give both protocol and internal_port, or neither" })
-                    }
-                },
-                None => serde_json::json!({ "error": "unreadable request" }),
+                Ok(control::Request::Delete(control::DeleteTarget { client, port })) => {
+                    let n = self
+                        .gateway
+                        .admin_delete(client, port.map(|(port, p)| (p, port)));
+                    self.carry_out(Instant::now())?;
+                    info!(%client, deleted = n, "admin deleted mappings");
+                    serde_json::json!({ "deleted": n })
+                }
+                Err(e) => serde_json::json!({ "error": e }),
             };
             self.control.reply(id, &body);
         }
@@ -753,13 +746,13 @@ fn saved(m: &Mapping, clock: Clock) -> SavedMapping {
     let left = m.expires.saturating_duration_since(clock.mono);
     SavedMapping {
         client: m.key.client,
-        protocol: m.key.protocol.name().into(),
+        protocol: m.key.protocol,
         internal_port: m.key.internal_port,
         external_port: m.external_port,
         expires_ms: clock.wall_ms_of(m.expires),
         written_ms: Some(clock.wall_ms),
         remaining_ms: Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
-        origin: m.origin.name().into(),
+        origin: m.origin,
         nonce: m.nonce.as_ref().map(state::nonce_hex),
         inbound: m.inbound,
         outbound: m.outbound,
@@ -801,8 +794,8 @@ fn restore(gateway: &mut Gateway, settings: &Settings, clock: Clock) -> u64 {
     );
     let mut restored = 0;
     for s in saved {
-        // replay() has checked key, origin and nonce; skip rather than trust otherwise.
-        let (Some(key), Some(origin), Ok(nonce)) = (s.key(), s.origin(), s.nonce()) else {
+        // replay() has checked the nonce; skip rather than trust otherwise.
+        let Ok(nonce) = s.nonce() else {
             continue;
         };
         // Downtime counts; a wall clock that went back does not extend anything.
@@ -810,10 +803,10 @@ fn restore(gateway: &mut Gateway, settings: &Settings, clock: Clock) -> u64 {
             continue; // expired while the daemon was down: not restored, not installed
         };
         let m = Mapping {
-            key,
+            key: s.key(),
             external_port: s.external_port,
             expires: clock.mono,
-            origin,
+            origin: s.origin,
             nonce,
             inbound: s.inbound,
             outbound: s.outbound,

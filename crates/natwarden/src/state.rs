@@ -31,7 +31,8 @@ pub enum Record {
     Upsert(SavedMapping),
     Remove {
         client: IpAddr,
-        protocol: String,
+        #[serde(with = "protocol_name")]
+        protocol: Protocol,
         internal_port: u16,
     },
     NewEpoch {
@@ -43,7 +44,8 @@ pub enum Record {
 #[serde(deny_unknown_fields)]
 pub struct SavedMapping {
     pub client: IpAddr,
-    pub protocol: String,
+    #[serde(with = "protocol_name")]
+    pub protocol: Protocol,
     pub internal_port: u16,
     pub external_port: u16,
     /// Wall-clock expiry, as granted.
@@ -56,7 +58,8 @@ pub struct SavedMapping {
     pub written_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining_ms: Option<u64>,
-    pub origin: String,
+    #[serde(with = "origin_name")]
+    pub origin: Origin,
     /// PCP's mapping nonce, hex; absent for NAT-PMP mappings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
@@ -86,16 +89,12 @@ pub fn nonce_from_hex(s: &str) -> Option<Nonce> {
 }
 
 impl SavedMapping {
-    pub fn key(&self) -> Option<MappingKey> {
-        Some(MappingKey {
+    pub fn key(&self) -> MappingKey {
+        MappingKey {
             client: self.client,
-            protocol: protocol_from(&self.protocol)?,
+            protocol: self.protocol,
             internal_port: self.internal_port,
-        })
-    }
-
-    pub fn origin(&self) -> Option<Origin> {
-        Origin::from_name(&self.origin)
+        }
     }
 
     /// The lifetime left at wall-clock `now_ms`, or `None` when it ran out (while the
@@ -130,6 +129,36 @@ pub fn protocol_from(s: &str) -> Option<Protocol> {
         "tcp" => Some(Protocol::Tcp),
         "udp" => Some(Protocol::Udp),
         _ => None,
+    }
+}
+
+/// The journal spells a protocol as its name ("tcp", "udp"), as it always has.
+mod protocol_name {
+    use natwarden_wire::Protocol;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &Protocol, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(p.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Protocol, D::Error> {
+        let name = String::deserialize(d)?;
+        super::protocol_from(&name).ok_or_else(|| D::Error::custom("unknown protocol"))
+    }
+}
+
+/// The journal spells an origin as its name ("nat-pmp", "pcp"), as it always has.
+mod origin_name {
+    use natwarden_core::Origin;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(o: &Origin, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(o.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Origin, D::Error> {
+        let name = String::deserialize(d)?;
+        Origin::from_name(&name).ok_or_else(|| D::Error::custom("unknown origin"))
     }
 }
 
@@ -208,17 +237,17 @@ pub fn replay(bytes: &[u8]) -> Result<(u64, Vec<SavedMapping>), String> {
         None => return Err("no header".into()),
     };
     let mut live: Vec<SavedMapping> = Vec::new();
-    let mut index: std::collections::HashMap<(IpAddr, String, u16), usize> = Default::default();
+    let mut index: std::collections::HashMap<MappingKey, usize> = Default::default();
     for (i, line) in lines {
         let record: Record =
             serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
         match record {
             Record::Header { .. } => return Err(format!("line {}: a second header", i + 1)),
             Record::Upsert(m) => {
-                if m.key().is_none() || m.origin().is_none() || m.nonce().is_err() {
-                    return Err(format!("line {}: unknown protocol, origin or nonce", i + 1));
+                if m.nonce().is_err() {
+                    return Err(format!("line {}: garbled nonce", i + 1));
                 }
-                let k = (m.client, m.protocol.clone(), m.internal_port);
+                let k = m.key();
                 match index.get(&k) {
                     Some(&at) => live[at] = m,
                     None => {
@@ -232,14 +261,16 @@ pub fn replay(bytes: &[u8]) -> Result<(u64, Vec<SavedMapping>), String> {
                 protocol,
                 internal_port,
             } => {
-                if let Some(at) = index.remove(&(client, protocol, internal_port)) {
+                let k = MappingKey {
+                    client,
+                    protocol,
+                    internal_port,
+                };
+                if let Some(at) = index.remove(&k) {
                     // Swap-remove keeps this O(1); fix the moved entry's index.
                     live.swap_remove(at);
                     if let Some(moved) = live.get(at) {
-                        index.insert(
-                            (moved.client, moved.protocol.clone(), moved.internal_port),
-                            at,
-                        );
+                        index.insert(moved.key(), at);
                     }
                 }
             }
@@ -345,13 +376,13 @@ mod tests {
     fn saved(port: u16, expires_ms: u64) -> SavedMapping {
         SavedMapping {
             client: IpAddr::from([192, 168, 1, 10]),
-            protocol: "tcp".into(),
+            protocol: Protocol::Tcp,
             internal_port: port,
             external_port: port,
             expires_ms,
             written_ms: None,
             remaining_ms: None,
-            origin: "nat-pmp".into(),
+            origin: Origin::NatPmp,
             nonce: None,
             inbound: true,
             outbound: false,
@@ -362,7 +393,7 @@ mod tests {
     fn pcp_mappings_keep_nonce_and_kinds_and_v6_clients() {
         let m = SavedMapping {
             client: "2001:db8:1::10".parse().expect("v6"),
-            origin: "pcp".into(),
+            origin: Origin::Pcp,
             nonce: Some(nonce_hex(&[0xab; 12])),
             outbound: true,
             ..saved(5000, 9)
@@ -381,6 +412,56 @@ mod tests {
         bad.extend_from_slice(&serde_json::to_vec(&Record::Upsert(garbled)).expect("json"));
         bad.push(b'\n');
         assert!(replay(&bad).is_err());
+    }
+
+    /// Protocol and origin are typed in memory; on disk they are the names they always
+    /// were, so files written before stay readable and read back byte for byte.
+    #[test]
+    fn typed_protocol_and_origin_keep_the_on_disk_text() {
+        let text = concat!(
+            "{\"header\":{\"version\":1,\"epoch_start_ms\":5}}\n",
+            "{\"upsert\":{\"client\":\"192.168.1.10\",\"protocol\":\"udp\",\"internal_port\":53,",
+            "\"external_port\":5353,\"expires_ms\":9,\"origin\":\"pcp\",",
+            "\"nonce\":\"abababababababababababab\",\"inbound\":true,\"outbound\":false}}\n",
+            "{\"remove\":{\"client\":\"192.168.1.10\",\"protocol\":\"tcp\",\"internal_port\":1}}\n",
+        );
+        let (_, live) = replay(text.as_bytes()).expect("replays");
+        assert_eq!(
+            (live[0].protocol, live[0].origin),
+            (Protocol::Udp, Origin::Pcp)
+        );
+        let mut again = Vec::new();
+        line(
+            &mut again,
+            &Record::Header {
+                version: 1,
+                epoch_start_ms: 5,
+            },
+        )
+        .expect("json");
+        line(&mut again, &Record::Upsert(live[0].clone())).expect("json");
+        line(
+            &mut again,
+            &Record::Remove {
+                client: IpAddr::from([192, 168, 1, 10]),
+                protocol: Protocol::Tcp,
+                internal_port: 1,
+            },
+        )
+        .expect("json");
+        assert_eq!(std::str::from_utf8(&again), Ok(text));
+        for bad in [r#""protocol":"sctp""#, r#""origin":"upnp""#] {
+            let bad = text.replacen(
+                if bad.contains("protocol") {
+                    r#""protocol":"udp""#
+                } else {
+                    r#""origin":"pcp""#
+                },
+                bad,
+                1,
+            );
+            assert!(replay(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     fn dir() -> PathBuf {
@@ -403,7 +484,7 @@ mod tests {
             Record::Upsert(saved(1, 9)),
             Record::Remove {
                 client: IpAddr::from([192, 168, 1, 10]),
-                protocol: "tcp".into(),
+                protocol: Protocol::Tcp,
                 internal_port: 2,
             },
             Record::Upsert(saved(3, 7)),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::netlink::{self, Builder, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
 use crate::socket::NlSocket;
+use crate::NftMessage;
 
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
@@ -21,7 +22,7 @@ const ACK_TRUESIZE: usize = 2048;
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Pending {
-    label: String,
+    label: NftMessage,
     /// (offset within the message, caller's item index), in offset order.
     marks: Vec<(u32, usize)>,
 }
@@ -41,7 +42,7 @@ pub enum Failure {
     Rejected {
         errno: i32,
         /// Label of the message that failed; None when the batch as a whole failed.
-        label: Option<String>,
+        label: Option<NftMessage>,
         /// Caller item the kernel pointed at, if it did.
         item: Option<usize>,
         text: Option<String>,
@@ -73,7 +74,7 @@ impl Batch {
         msg: u16,
         flags: u16,
         family: u8,
-        label: String,
+        label: NftMessage,
         body: impl FnOnce(&mut Builder),
     ) {
         let seq = self.next_seq;
@@ -237,8 +238,12 @@ mod tests {
     #[test]
     fn batch_is_framed_by_begin_and_end_with_consecutive_sequence_numbers() {
         let mut b = Batch::new(100);
-        b.add(0, 0, 1, "NEWTABLE t".into(), |b| b.attr_str(1, "t"));
-        b.add(2, 0, 1, "DELTABLE t".into(), |b| b.attr_str(1, "t"));
+        b.add(0, 0, 1, NftMessage::NewTable("t".into()), |b| {
+            b.attr_str(1, "t")
+        });
+        b.add(2, 0, 1, NftMessage::DelTable("t".into()), |b| {
+            b.attr_str(1, "t")
+        });
         assert_eq!(b.pending.len(), 2);
         let bytes = b.bytes_for_test();
         let msgs: Vec<_> = netlink::messages(&bytes).map(|m| m.unwrap()).collect();
@@ -261,8 +266,8 @@ mod tests {
     #[test]
     fn index_of_handles_wrapping_sequence_numbers() {
         let mut b = Batch::new(u32::MAX);
-        b.add(0, 0, 1, "a".into(), |_| {});
-        b.add(0, 0, 1, "b".into(), |_| {});
+        b.add(0, 0, 1, NftMessage::NewRule("a"), |_| {});
+        b.add(0, 0, 1, NftMessage::NewRule("b"), |_| {});
         assert_eq!(b.index_of(0), Some(0));
         assert_eq!(b.index_of(1), Some(1));
         assert_eq!(b.index_of(2), None);

@@ -34,7 +34,7 @@ use natwarden_core::firewall::{Forward, Installed, Outbound, Pinhole};
 
 use crate::batch::Batch;
 use crate::netlink::{Builder, NLM_F_APPEND, NLM_F_CREATE};
-use crate::FirewallError;
+use crate::{FirewallError, NftMessage};
 
 // Message types (low byte; the batch adds the subsystem).
 const NFT_MSG_NEWTABLE: u16 = 0;
@@ -360,7 +360,7 @@ fn new_table(batch: &mut Batch, table: &str, with_flags: bool) {
         NFT_MSG_NEWTABLE,
         NLM_F_CREATE,
         NFPROTO_INET,
-        format!("NEWTABLE {table}"),
+        NftMessage::NewTable(table.into()),
         |b| {
             b.attr_str(NFTA_TABLE_NAME, table);
             if with_flags {
@@ -375,17 +375,17 @@ fn del_table(batch: &mut Batch, table: &str) {
         NFT_MSG_DELTABLE,
         0,
         NFPROTO_INET,
-        format!("DELTABLE {table}"),
+        NftMessage::DelTable(table.into()),
         |b| b.attr_str(NFTA_TABLE_NAME, table),
     );
 }
 
-fn chain(batch: &mut Batch, table: &str, name: &str, ty: &str, hook: u32, prio: i32) {
+fn chain(batch: &mut Batch, table: &str, name: &'static str, ty: &str, hook: u32, prio: i32) {
     batch.add(
         NFT_MSG_NEWCHAIN,
         NLM_F_CREATE,
         NFPROTO_INET,
-        format!("NEWCHAIN {name}"),
+        NftMessage::NewChain(name),
         |b| {
             b.attr_str(NFTA_CHAIN_TABLE, table);
             b.attr_str(NFTA_CHAIN_NAME, name);
@@ -405,7 +405,7 @@ fn set(batch: &mut Batch, table: &str, set: Set) {
         NFT_MSG_NEWSET,
         NLM_F_CREATE,
         NFPROTO_INET,
-        format!("NEWSET {}", set.name()),
+        NftMessage::NewSet(set),
         |b| {
             b.attr_str(NFTA_SET_TABLE, table);
             b.attr_str(NFTA_SET_NAME, set.name());
@@ -461,7 +461,7 @@ fn tcp_udp_set(batch: &mut Batch, table: &str, id: u32) {
         NFT_MSG_NEWSET,
         NLM_F_CREATE,
         NFPROTO_INET,
-        "NEWSET { tcp, udp }".into(),
+        NftMessage::NewProtocolSet,
         |b| {
             b.attr_str(NFTA_SET_TABLE, table);
             b.attr_str(NFTA_SET_NAME, ANON_SET_NAME);
@@ -478,7 +478,7 @@ fn tcp_udp_set(batch: &mut Batch, table: &str, id: u32) {
         NFT_MSG_NEWSETELEM,
         NLM_F_CREATE,
         NFPROTO_INET,
-        "NEWSETELEM { tcp, udp }".into(),
+        NftMessage::NewProtocolSetElements,
         |b| {
             b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
             b.attr_str(NFTA_SET_ELEM_LIST_SET, ANON_SET_NAME);
@@ -492,12 +492,12 @@ fn tcp_udp_set(batch: &mut Batch, table: &str, id: u32) {
     );
 }
 
-fn rule(batch: &mut Batch, table: &str, chain: &str, exprs: impl FnOnce(&mut Builder)) {
+fn rule(batch: &mut Batch, table: &str, chain: &'static str, exprs: impl FnOnce(&mut Builder)) {
     batch.add(
         NFT_MSG_NEWRULE,
         NLM_F_CREATE | NLM_F_APPEND,
         NFPROTO_INET,
-        format!("NEWRULE {chain}"),
+        NftMessage::NewRule(chain),
         |b| {
             b.attr_str(NFTA_RULE_TABLE, table);
             b.attr_str(NFTA_RULE_CHAIN, chain);
@@ -782,33 +782,27 @@ pub fn elements<T>(
     items: &[(usize, T)],
     encode: impl Fn(&T) -> Encoded,
 ) {
-    let (msg, flags, verb) = match op {
+    let (msg, flags, label): (_, _, fn(Set) -> NftMessage) = match op {
         // No NLM_F_EXCL: re-adding an identical element is a no-op, a clashing one still fails.
-        Op::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE, "NEWSETELEM"),
-        Op::Delete => (NFT_MSG_DELSETELEM, 0, "DELSETELEM"),
+        Op::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE, NftMessage::NewSetElem),
+        Op::Delete => (NFT_MSG_DELSETELEM, 0, NftMessage::DelSetElem),
     };
     for chunk in items.chunks(ELEMENTS_PER_MESSAGE) {
-        batch.add(
-            msg,
-            flags,
-            NFPROTO_INET,
-            format!("{verb} {}", set.name()),
-            |b| {
-                b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
-                b.attr_str(NFTA_SET_ELEM_LIST_SET, set.name());
-                if same_batch_set {
-                    b.attr_be32(NFTA_SET_ELEM_LIST_SET_ID, set.id());
+        batch.add(msg, flags, NFPROTO_INET, label(set), |b| {
+            b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+            b.attr_str(NFTA_SET_ELEM_LIST_SET, set.name());
+            if same_batch_set {
+                b.attr_be32(NFTA_SET_ELEM_LIST_SET_ID, set.id());
+            }
+            b.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+                for (n, (idx, item)) in (1..).zip(chunk) {
+                    b.mark(*idx);
+                    let (key, data) = encode(item);
+                    let data = if op == Op::Add { data } else { None };
+                    element(b, n, &key, data.as_deref());
                 }
-                b.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
-                    for (n, (idx, item)) in (1..).zip(chunk) {
-                        b.mark(*idx);
-                        let (key, data) = encode(item);
-                        let data = if op == Op::Add { data } else { None };
-                        element(b, n, &key, data.as_deref());
-                    }
-                });
-            },
-        );
+            });
+        });
     }
 }
 

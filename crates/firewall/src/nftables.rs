@@ -89,16 +89,12 @@ impl Nftables {
                 label,
                 item,
                 text,
-            } => {
-                let mut message = label.unwrap_or_else(|| "batch".into());
-                if let Some(element) = item.and_then(&describe) {
-                    message.push_str(&format!(" (element {element})"));
-                }
-                if let Some(t) = text.filter(|t| !t.is_empty()) {
-                    message.push_str(&format!(" [{t}]"));
-                }
-                FirewallError::Kernel { errno, message }
-            }
+            } => FirewallError::Kernel {
+                errno,
+                message: label,
+                element: item.and_then(&describe),
+                reason: text.filter(|t| !t.is_empty()),
+            },
             Failure::Io(context, e) => FirewallError::io(context, e),
             Failure::Unconfirmed(why) => FirewallError::Unconfirmed(why),
         })

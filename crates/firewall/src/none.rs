@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use natwarden_core::firewall::{FirewallChange, Forward, Installed, Outbound, Pinhole};
 
-use crate::{Backend, FirewallError};
+use crate::{Backend, FirewallError, NftMessage, Set};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct NoneBackend {
@@ -37,9 +37,9 @@ impl Backend for NoneBackend {
                 FirewallChange::Remove(f) => {
                     if !next.forwards.remove(f) {
                         let set = if next.forwards.iter().any(|g| same_key(g, f)) {
-                            "allow4"
+                            Set::Allow4
                         } else {
-                            "fwd4"
+                            Set::Fwd4
                         };
                         return Err(missing(set));
                     }
@@ -49,7 +49,7 @@ impl Backend for NoneBackend {
                     // The kernel deletes a map element by key; the external port is not compared.
                     let Some(old) = next.outbound.iter().find(|p| same_snat_key(p, o)).copied()
                     else {
-                        return Err(missing("snat4"));
+                        return Err(missing(Set::Snat4));
                     };
                     next.outbound.remove(&old);
                 }
@@ -58,7 +58,7 @@ impl Backend for NoneBackend {
                 }
                 FirewallChange::RemovePinhole(p) => {
                     if !next.pinholes.remove(p) {
-                        return Err(missing("pinhole6"));
+                        return Err(missing(Set::Pinhole6));
                     }
                 }
             }
@@ -73,17 +73,21 @@ impl Backend for NoneBackend {
     }
 }
 
-fn missing(set: &str) -> FirewallError {
+fn missing(set: Set) -> FirewallError {
     FirewallError::Kernel {
         errno: libc::ENOENT,
-        message: format!("DELSETELEM {set}"),
+        message: Some(NftMessage::DelSetElem(set)),
+        element: None,
+        reason: None,
     }
 }
 
-fn clash(set: &str) -> FirewallError {
+fn clash(set: Set) -> FirewallError {
     FirewallError::Kernel {
         errno: libc::EEXIST,
-        message: format!("NEWSETELEM {set}"),
+        message: Some(NftMessage::NewSetElem(set)),
+        element: None,
+        reason: None,
     }
 }
 
@@ -99,7 +103,7 @@ fn same_snat_key(a: &Outbound, b: &Outbound) -> bool {
 /// a (protocol, external port) already mapped is refused.
 fn add_forward(set: &mut BTreeSet<Forward>, f: &Forward) -> Result<(), FirewallError> {
     if set.iter().any(|g| same_key(g, f) && g != f) {
-        return Err(clash("fwd4"));
+        return Err(clash(Set::Fwd4));
     }
     set.insert(*f);
     Ok(())
@@ -108,7 +112,7 @@ fn add_forward(set: &mut BTreeSet<Forward>, f: &Forward) -> Result<(), FirewallE
 /// Like the snat4 map: one external port per (protocol, internal address and port).
 fn add_outbound(set: &mut BTreeSet<Outbound>, o: &Outbound) -> Result<(), FirewallError> {
     if set.iter().any(|p| same_snat_key(p, o) && p != o) {
-        return Err(clash("snat4"));
+        return Err(clash(Set::Snat4));
     }
     set.insert(*o);
     Ok(())
@@ -177,7 +181,13 @@ mod tests {
         b.install(&forwards(&[f(1, 1)])).unwrap();
         let e = b.apply(&[Add(f(2, 2)), Remove(f(9, 9))]).unwrap_err();
         assert!(
-            matches!(&e, FirewallError::Kernel { errno, message } if *errno == libc::ENOENT && message == "DELSETELEM fwd4"),
+            matches!(&e, FirewallError::Kernel { errno, message: Some(NftMessage::DelSetElem(Set::Fwd4)), .. } if *errno == libc::ENOENT),
+            "{e}"
+        );
+        // The typed fields read as the kernel's refusal always did.
+        assert!(
+            e.to_string()
+                .starts_with("kernel rejected DELSETELEM fwd4: "),
             "{e}"
         );
         let e = b.apply(&[Add(f(2, 2)), Add(f(1, 7))]).unwrap_err();
@@ -213,7 +223,7 @@ mod tests {
         // and deletion goes by key.
         let e = b.apply(&[AddOutbound(o(4000, 50001))]).unwrap_err();
         assert!(
-            matches!(&e, FirewallError::Kernel { errno, message } if *errno == libc::EEXIST && message == "NEWSETELEM snat4"),
+            matches!(&e, FirewallError::Kernel { errno, message: Some(NftMessage::NewSetElem(Set::Snat4)), .. } if *errno == libc::EEXIST),
             "{e}"
         );
         b.apply(&[RemoveOutbound(o(4000, 1)), RemovePinhole(p(80))])
@@ -242,14 +252,20 @@ mod tests {
             ])
             .unwrap_err();
         assert!(
-            matches!(&e, FirewallError::Kernel { errno, message } if *errno == libc::ENOENT && message == "DELSETELEM pinhole6"),
+            matches!(&e, FirewallError::Kernel { errno, message: Some(NftMessage::DelSetElem(Set::Pinhole6)), .. } if *errno == libc::ENOENT),
             "{e}"
         );
         let e = b
             .apply(&[AddPinhole(p(443)), RemoveOutbound(o(4001, 50001))])
             .unwrap_err();
         assert!(
-            matches!(&e, FirewallError::Kernel { message, .. } if message == "DELSETELEM snat4"),
+            matches!(
+                &e,
+                FirewallError::Kernel {
+                    message: Some(NftMessage::DelSetElem(Set::Snat4)),
+                    ..
+                }
+            ),
             "{e}"
         );
         assert_eq!(b, before);

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use natwarden_core::firewall::{FirewallChange, Forward, Installed, Outbound, Pinhole};
-use natwarden_firewall::{rtnl, Backend, FirewallError, NftConfig, Nftables};
+use natwarden_firewall::{rtnl, Backend, FirewallError, NftConfig, NftMessage, Nftables, Set};
 use natwarden_wire::Protocol;
 
 const EXT: &str = "ext0";
@@ -388,9 +388,9 @@ fn apply_adds_and_removes_both_elements() {
         .expect("identical re-add");
     let clash = fwd(Protocol::Udp, 4000, [10, 0, 0, 9], 5000);
     match fw.apply(&[FirewallChange::Add(clash)]) {
-        Err(FirewallError::Kernel { errno, message }) => {
+        Err(FirewallError::Kernel { errno, message, .. }) => {
             assert_eq!(errno, libc::EEXIST);
-            assert!(message.starts_with("NEWSETELEM fwd4"), "{message}");
+            assert_eq!(message, Some(NftMessage::NewSetElem(Set::Fwd4)));
         }
         other => panic!("expected EEXIST, got {other:?}"),
     }
@@ -423,11 +423,26 @@ fn failed_apply_names_the_message_and_changes_nothing() {
         FirewallChange::Remove(missing),
     ]);
     match r {
-        Err(FirewallError::Kernel { errno, message }) => {
-            assert_eq!(errno, libc::ENOENT, "{message}");
-            assert!(message.starts_with("DELSETELEM fwd4"), "{message}");
+        Err(e @ FirewallError::Kernel { .. }) => {
+            let FirewallError::Kernel {
+                errno,
+                message,
+                element,
+                ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(*errno, libc::ENOENT, "{e}");
+            assert_eq!(message, &Some(NftMessage::DelSetElem(Set::Fwd4)), "{e}");
             // The kernel points at the element, which we translate back.
-            assert!(message.contains("udp 6000 -> 10.0.0.6:6000"), "{message}");
+            assert_eq!(element.as_deref(), Some("udp 6000 -> 10.0.0.6:6000"), "{e}");
+            assert!(
+                e.to_string().starts_with(
+                    "kernel rejected DELSETELEM fwd4 (element udp 6000 -> 10.0.0.6:6000)"
+                ),
+                "{e}"
+            );
         }
         other => panic!("expected ENOENT, got {other:?}"),
     }
@@ -613,9 +628,9 @@ fn apply_adds_and_removes_outbound_and_pinholes() {
         .expect("identical re-add");
     let clash = outbound(Protocol::Udp, [10, 0, 0, 2], 40000, 50009);
     match fw.apply(&[AddOutbound(clash)]) {
-        Err(FirewallError::Kernel { errno, message }) => {
+        Err(FirewallError::Kernel { errno, message, .. }) => {
             assert_eq!(errno, libc::EEXIST);
-            assert!(message.starts_with("NEWSETELEM snat4"), "{message}");
+            assert_eq!(message, Some(NftMessage::NewSetElem(Set::Snat4)));
         }
         other => panic!("expected EEXIST, got {other:?}"),
     }
@@ -654,13 +669,15 @@ fn failed_batch_mixing_kinds_changes_nothing() {
         RemovePinhole(pinhole(Protocol::Tcp, "2001:db8:1::9", 80)),
     ]);
     match r {
-        Err(FirewallError::Kernel { errno, message }) => {
-            assert_eq!(errno, libc::ENOENT, "{message}");
-            assert!(message.starts_with("DELSETELEM pinhole6"), "{message}");
-            assert!(
-                message.contains("(element tcp [2001:db8:1::9]:80)"),
-                "{message}"
-            );
+        Err(FirewallError::Kernel {
+            errno,
+            message,
+            element,
+            ..
+        }) => {
+            assert_eq!(errno, libc::ENOENT, "{message:?}");
+            assert_eq!(message, Some(NftMessage::DelSetElem(Set::Pinhole6)));
+            assert_eq!(element.as_deref(), Some("tcp [2001:db8:1::9]:80"));
         }
         other => panic!("expected ENOENT, got {other:?}"),
     }
@@ -671,13 +688,17 @@ fn failed_batch_mixing_kinds_changes_nothing() {
         RemoveOutbound(outbound(Protocol::Udp, [10, 0, 0, 6], 5000, 6000)),
     ]);
     match r {
-        Err(FirewallError::Kernel { errno, message }) => {
-            assert_eq!(errno, libc::ENOENT, "{message}");
-            assert!(
-                message.starts_with(
-                    "DELSETELEM snat4 (element udp 10.0.0.6:5000 -> source port 6000)"
-                ),
-                "{message}"
+        Err(FirewallError::Kernel {
+            errno,
+            message,
+            element,
+            ..
+        }) => {
+            assert_eq!(errno, libc::ENOENT, "{message:?}");
+            assert_eq!(message, Some(NftMessage::DelSetElem(Set::Snat4)));
+            assert_eq!(
+                element.as_deref(),
+                Some("udp 10.0.0.6:5000 -> source port 6000")
             );
         }
         other => panic!("expected ENOENT, got {other:?}"),
@@ -694,12 +715,17 @@ fn failed_batch_mixing_kinds_changes_nothing() {
         ..state.clone()
     };
     match fw.install(&bad) {
-        Err(FirewallError::Kernel { errno, message }) => {
-            assert_eq!(errno, libc::EEXIST, "{message}");
-            assert!(message.starts_with("NEWSETELEM snat4"), "{message}");
-            assert!(
-                message.contains("(element udp 10.0.0.7:1000 -> source port 2001)"),
-                "{message}"
+        Err(FirewallError::Kernel {
+            errno,
+            message,
+            element,
+            ..
+        }) => {
+            assert_eq!(errno, libc::EEXIST, "{message:?}");
+            assert_eq!(message, Some(NftMessage::NewSetElem(Set::Snat4)));
+            assert_eq!(
+                element.as_deref(),
+                Some("udp 10.0.0.7:1000 -> source port 2001")
             );
         }
         other => panic!("expected EEXIST, got {other:?}"),

@@ -1,5 +1,6 @@
 //! The sockets of the blocking driver: one UDP socket connected to the gateway's port 5351
-//! for requests, one bound to the announcement group on port 5350, and poll(2) over both.
+//! for requests, one bound to the announcement group on port 5350, and poll(2) over both;
+//! and the kernel's random numbers (getrandom(2), as the natwarden binary draws them).
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
@@ -125,6 +126,14 @@ pub fn wait_readable<const N: usize>(
     })))
 }
 
+/// 64 random bits from the kernel (getrandom), or `None` if it has none to give.
+pub fn random_u64() -> Option<u64> {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    (usize::try_from(n).ok()? == b.len()).then(|| u64::from_ne_bytes(b))
+}
+
 /// The raw fd of an optional socket, -1 (ignored by poll) when absent.
 pub fn fd_of(socket: Option<&UdpSocket>) -> RawFd {
     socket.map_or(-1, AsRawFd::as_raw_fd)
@@ -160,5 +169,12 @@ fe800000000000000000000000000001 0a 40 20 80     eth0
         assert_eq!(interface_in(text, &"fe80::1".parse().unwrap()), Some(10));
         assert_eq!(interface_in(text, &"2001:db8::99".parse().unwrap()), None);
         assert_eq!(interface_in("garbage", &a), None);
+    }
+
+    #[test]
+    fn the_kernel_gives_random_numbers() {
+        let (a, b) = (random_u64(), random_u64());
+        assert!(a.is_some() && b.is_some());
+        assert_ne!(a, b);
     }
 }

@@ -1,8 +1,6 @@
 //! Randomness as an injected dependency: PCP's retransmission jitter (RFC 6887 section
 //! 8.1.1), mapping nonces (section 11.1) and announcement back-off, all drawn through [`Random`].
 
-use std::fs::File;
-use std::io::Read;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use natwarden_wire::pcp::Nonce;
@@ -45,23 +43,23 @@ pub fn up_to(random: &mut dyn Random, max: std::time::Duration) -> std::time::Du
     std::time::Duration::from_millis(random.next_u64() % ms.saturating_add(1))
 }
 
-/// The kernel's random numbers (`/dev/urandom`), with a xorshift generator as fallback when
-/// the device cannot be read (a chroot without /dev): a nonce then stays unpredictable enough
-/// to tell this client's mappings apart, which is all PCP asks of it on a LAN.
+/// The kernel's random numbers (the getrandom system call, as the natwarden binary draws
+/// them: no device file to open, so a chroot without /dev is no matter), with a xorshift
+/// generator as fallback should the kernel refuse (a seccomp filter, a kernel older than
+/// 3.17): a nonce then stays unpredictable enough to tell this client's mappings apart,
+/// which is all PCP asks of it on a LAN.
 pub struct OsRandom {
-    urandom: Option<File>,
     state: u64,
 }
 
 impl OsRandom {
     pub fn new() -> OsRandom {
-        let urandom = File::open("/dev/urandom").ok();
         let time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         let state = (time ^ (u64::from(std::process::id()) << 32)) | 1;
-        OsRandom { urandom, state }
+        OsRandom { state }
     }
 }
 
@@ -73,11 +71,8 @@ impl Default for OsRandom {
 
 impl Random for OsRandom {
     fn next_u64(&mut self) -> u64 {
-        if let Some(f) = self.urandom.as_mut() {
-            let mut b = [0u8; 8];
-            if f.read_exact(&mut b).is_ok() {
-                return u64::from_ne_bytes(b);
-            }
+        if let Some(x) = crate::net::random_u64() {
+            return x;
         }
         // xorshift64*
         let mut x = self.state;

@@ -2,7 +2,7 @@
 //! connected to the gateway, [`Lease`] drives a [`LeaseCore`] over its own sockets.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use natwarden_wire::{pcp::Nonce, Protocol};
@@ -307,6 +307,24 @@ impl Lease {
     /// Renews, re-maps and listens for up to `timeout`; returns at the first event, or
     /// `None` when the time is up or a signal interrupted the wait.
     pub fn wait(&mut self, timeout: Duration) -> Result<Option<LeaseEvent>, Error> {
+        self.wait_until_readable(timeout, -1)
+    }
+
+    /// [`Lease::wait`] that also returns `None` as soon as `interrupt` is readable (a
+    /// signalfd, say: the caller then reads it), without reading it.
+    pub fn wait_or_readable(
+        &mut self,
+        timeout: Duration,
+        interrupt: BorrowedFd<'_>,
+    ) -> Result<Option<LeaseEvent>, Error> {
+        self.wait_until_readable(timeout, interrupt.as_raw_fd())
+    }
+
+    fn wait_until_readable(
+        &mut self,
+        timeout: Duration,
+        interrupt: RawFd,
+    ) -> Result<Option<LeaseEvent>, Error> {
         let end = Instant::now() + timeout;
         let mut buf = [0u8; 1100];
         loop {
@@ -323,12 +341,19 @@ impl Lease {
                         return Ok(None);
                     }
                     let until = at.min(end);
-                    let fds = [self.socket.as_raw_fd(), net::fd_of(self.announce.as_ref())];
+                    let fds = [
+                        self.socket.as_raw_fd(),
+                        net::fd_of(self.announce.as_ref()),
+                        interrupt,
+                    ];
                     let ready = net::wait_readable(fds, until.saturating_duration_since(now))
                         .map_err(|e| Error::io("waiting for the gateway", e))?;
-                    let Some([request, announcement]) = ready else {
+                    let Some([request, announcement, interrupted]) = ready else {
                         return Ok(None);
                     };
+                    if interrupted {
+                        return Ok(None);
+                    }
                     if request {
                         self.drain(&mut buf, false);
                     }

@@ -7,7 +7,6 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -17,6 +16,8 @@ use natwarden_client::{
     Unmapped,
 };
 use serde_json::{json, Value};
+
+use crate::signals::Signals;
 
 /// Exit code: the gateway refused (its result code is printed).
 const EXIT_REFUSED: u8 = 1;
@@ -149,11 +150,14 @@ pub fn map(args: MapArgs) -> ExitCode {
             Err(e) => out.error(&e),
         };
     }
-    // Install the handlers before mapping, so that a signal never leaves a mapping behind.
-    if let Err(e) = install_stop_handlers() {
-        eprintln!("natwarden: {e:#}");
-        return ExitCode::from(EXIT_NO_ANSWER);
-    }
+    // Block the signals before mapping, so that a signal never leaves a mapping behind.
+    let stop = match Signals::stop_only() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("natwarden: blocking SIGINT/SIGTERM: {e}");
+            return ExitCode::from(EXIT_NO_ANSWER);
+        }
+    };
     let mut lease = match client.lease(protocol, args.internal_port, external, lifetime) {
         Ok(l) => l,
         Err(e) => return out.error(&e),
@@ -162,8 +166,10 @@ pub fn map(args: MapArgs) -> ExitCode {
     if !lease.hears_announcements() {
         out.note("cannot listen on port 5350: a gateway restart is noticed at the next renewal");
     }
-    while !STOP.load(Ordering::SeqCst) {
-        match lease.wait(Duration::from_secs(1)) {
+    // The lease's wait returns as soon as the signalfd is readable, as the daemon's and the
+    // auditor's loops do.
+    while stop.next().is_none() {
+        match lease.wait_or_readable(Duration::from_secs(1), stop.fd()) {
             Ok(Some(event)) => out.lease_event(here, &event),
             Ok(None) => {}
             Err(e) => {
@@ -277,23 +283,6 @@ fn write_nonce(path: &std::path::Path, nonce: Nonce) -> anyhow::Result<()> {
 
 fn hex(nonce: &Nonce) -> String {
     nonce.0.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-// ---- Ctrl-C / SIGTERM for --keep ----
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT and SIGTERM set [`STOP`]; without SA_RESTART, so that they also cut the lease's
-/// poll(2) short and the mapping is removed at once.
-fn install_stop_handlers() -> anyhow::Result<()> {
-    // The daemon's code may have blocked them in this thread; on_signals unblocks them.
-    crate::sys::on_signals(&[crate::sys::SIGINT, crate::sys::SIGTERM], on_stop_signal)
-        .context("installing a signal handler")
 }
 
 // ---- output ----

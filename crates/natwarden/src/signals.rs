@@ -2,6 +2,8 @@
 //! single poll loop sees them between datagrams, never in the middle of a change.
 
 use std::io;
+#[cfg(feature = "client")]
+use std::os::fd::BorrowedFd;
 use std::os::fd::RawFd;
 
 pub use crate::sys::poll_readable;
@@ -24,6 +26,20 @@ impl Signals {
         Ok(Signals {
             fd: SignalFd::new(&[sys::SIGTERM, sys::SIGINT, sys::SIGHUP])?,
         })
+    }
+
+    /// SIGTERM and SIGINT alone (`natwarden map --keep`: its mapping is removed on
+    /// either; SIGHUP keeps its default action).
+    #[cfg(feature = "client")]
+    pub fn stop_only() -> io::Result<Signals> {
+        Ok(Signals {
+            fd: SignalFd::new(&[sys::SIGTERM, sys::SIGINT])?,
+        })
+    }
+
+    #[cfg(feature = "client")]
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.fd()
     }
 
     pub fn raw_fd(&self) -> RawFd {

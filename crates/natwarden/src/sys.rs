@@ -4,8 +4,8 @@
 //! Portable between glibc and musl: C struct fields whose integer types differ between
 //! the two (msghdr's lengths, cmsghdr's length) are converted with checked conversions
 //! ([`to_c`], [`from_c`]), never with casts. One poll wrapper ([`poll_readable`]), one
-//! random source ([`random_u64`]), one way to receive signals in the daemon
-//! ([`SignalFd`]).
+//! random source ([`random_u64`]), one way to receive signals in the daemon, the auditor
+//! and `map --keep` ([`SignalFd`]).
 
 use std::ffi::CString;
 use std::io;
@@ -647,6 +647,11 @@ impl SignalFd {
         self.fd.as_raw_fd()
     }
 
+    #[cfg(feature = "client")]
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+
     /// The number of the next pending signal, if any.
     pub fn next(&self) -> Option<libc::c_int> {
         // SAFETY: signalfd_siginfo is plain data; all-zero is valid.
@@ -664,31 +669,6 @@ impl SignalFd {
         }
         libc::c_int::try_from(info.ssi_signo).ok()
     }
-}
-
-/// Calls `handler` (which may only touch atomics) on each of `signals`, and unblocks
-/// them in this thread. The client's Ctrl-C: its blocking loop is in the client crate,
-/// which sees the interrupted wait and looks at the flag the handler set.
-#[cfg(feature = "client")]
-pub fn on_signals(signals: &[libc::c_int], handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
-    for &signal in signals {
-        // SAFETY: a zeroed sigaction is valid; sigemptyset initialises the mask before
-        // use; the handler is async-signal-safe by this function's contract.
-        let rc = unsafe {
-            let mut action: libc::sigaction = zeroed();
-            action.sa_sigaction = handler as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut())
-        };
-        check(rc)?;
-    }
-    let set = sigset(signals);
-    // SAFETY: pthread_sigmask only reads `set`.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
 }
 
 // ---- process ----

@@ -28,9 +28,11 @@ use crate::targets::Targets;
 /// The longest a source port stays one target's during the scan (see
 /// [`Scanner::attribution_window`]): a reply from another address of the target counts
 /// when it comes within this time (most Internet round trips do; the target's own replies
-/// count whenever they come); with the default 28,232 ports it leaves room for about
-/// 110,000 targets a second.
+/// count whenever they come).
 pub const ATTRIBUTION_WINDOW: Duration = Duration::from_millis(250);
+
+/// The shortest window: faster than the port range allows at this, the rate is paced.
+pub const MIN_ATTRIBUTION_WINDOW: Duration = Duration::from_millis(100);
 
 /// How an audit runs. Every field is the user's to set (the CLI validates them).
 #[derive(Debug, Clone)]
@@ -629,8 +631,14 @@ impl Scanner {
     }
 
     /// How long a port stays a probed target's, for replies from its other addresses.
+    /// [`ATTRIBUTION_WINDOW`], shortened (to [`MIN_ATTRIBUTION_WINDOW`] at most) when the
+    /// rate would send more targets through the port range than it can hold that long,
+    /// and never longer than the timeout.
     fn attribution_window(&self) -> Duration {
-        self.cfg.timeout.min(ATTRIBUTION_WINDOW)
+        let ports = u32::from(self.cfg.source_ports.1 - self.cfg.source_ports.0) + 1;
+        let fits = self.interval * ports;
+        fits.clamp(MIN_ATTRIBUTION_WINDOW, ATTRIBUTION_WINDOW)
+            .min(self.cfg.timeout)
     }
 
     /// The non-intrusive probes `target` has not answered yet. First contact is one PCP

@@ -13,8 +13,8 @@ use natwarden_core::{
     StateEvent, Transmit,
 };
 use natwarden_core::{InternalInterface, Ipv4Net, Ipv6Net};
-use natwarden_firewall::rtnl::{self, AddressMonitor};
-use natwarden_firewall::{Backend, TableWatch};
+use natwarden_kernel::rtnl::{self, AddressMonitor};
+use natwarden_kernel::{Backend, TableWatch};
 use natwarden_wire::{natpmp, pcp};
 use tracing::{debug, error, info, warn};
 

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use natwarden_core::{Ipv4Net, Ipv6Net};
-use natwarden_firewall::rtnl;
+use natwarden_kernel::rtnl;
 
 use crate::config::{FileConfig, InterfaceFacts, SystemFacts};
 

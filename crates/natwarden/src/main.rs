@@ -34,7 +34,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 #[cfg(feature = "clap")]
 use clap::{Parser, Subcommand};
-use natwarden_firewall::{Backend, NftConfig, Nftables, NoneBackend};
+use natwarden_kernel::{Backend, NftConfig, Nftables, NoneBackend};
 
 use crate::config::BackendKind;
 

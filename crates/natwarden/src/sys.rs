@@ -1,5 +1,5 @@
 //! The operating system in one place: every system call the natwarden binary makes
-//! outside std and the firewall crate, with its `unsafe`, behind safe typed functions.
+//! outside std and the kernel crate (natwarden-kernel), with its `unsafe`, behind safe typed functions.
 //!
 //! Portable between glibc and musl: C struct fields whose integer types differ between
 //! the two (msghdr's lengths, cmsghdr's length) are converted with checked conversions

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use natwarden_core::firewall::{FirewallChange, Forward, Installed, Outbound, Pinhole};
-use natwarden_firewall::{rtnl, Backend, FirewallError, NftConfig, NftMessage, Nftables, Set};
+use natwarden_kernel::{rtnl, Backend, FirewallError, NftConfig, NftMessage, Nftables, Set};
 use natwarden_wire::Protocol;
 
 const EXT: &str = "ext0";

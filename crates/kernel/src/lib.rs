@@ -1,5 +1,6 @@
-//! Kernel side of natwarden: the Backend trait the daemon drives, its error type, and the
-//! backends (nftables over raw netlink, none); plus small rtnetlink queries in [`rtnl`].
+//! The Linux kernel interfaces natwarden drives over netlink: the firewall (the Backend
+//! trait, nftables batches, the table watch, the none backend) and the links and
+//! addresses (rtnetlink queries and monitor in [`rtnl`]), over one netlink socket layer.
 
 // System calls live in `socket` alone.
 #![deny(unsafe_code)]

@@ -7,11 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 limit=900000
 target=${1:-}
-args=(--release --locked -p natwarden --no-default-features)
-dir=target/release
+# Its own target directory, so the full build (client, auditor) in target/release that
+# the demo and the benchmarks use is not replaced by the daemon-only one.
+args=(--release --locked -p natwarden --no-default-features --target-dir target/router)
+dir=target/router/release
 if [ -n "$target" ]; then
   args+=(--target "$target")
-  dir=target/$target/release
+  dir=target/router/$target/release
 fi
 cargo build "${args[@]}"
 # profile.release strips already; strip again in case a local profile does not.

@@ -163,6 +163,11 @@ impl Gateway {
         self.hosts.learn(ip, link);
     }
 
+    /// Whether the shell has told which link-layer host `ip` is (see [`Gateway::learn_host`]).
+    pub fn knows_host(&self, ip: IpAddr) -> bool {
+        matches!(self.hosts.host_of(ip), HostId::Link(_))
+    }
+
     /// The host quotas and rate limits count `ip` as.
     pub(crate) fn host_of(&self, ip: IpAddr) -> HostId {
         self.hosts.host_of(ip)

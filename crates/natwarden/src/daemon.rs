@@ -299,9 +299,6 @@ impl Daemon {
 
     fn receive_batch(&mut self, buf: &mut [u8], v4: bool, v6: bool) -> anyhow::Result<()> {
         let now = Instant::now();
-        if v6 {
-            self.learn_hosts();
-        }
         // [IPv4, IPv6]: which sockets may still hold datagrams. Taking turns keeps one
         // family from starving the other.
         let mut ready = [v4, v6 && self.socket6.is_some()];
@@ -325,6 +322,9 @@ impl Daemon {
                 self.drops.record(now, DropReason::Malformed, rx.source, 0);
                 continue;
             };
+            if turn == 1 {
+                self.learn_host_of(&ingress);
+            }
             self.gateway.handle(now, &ingress, &buf[..rx.len]);
         }
         // The whole batch's changes in one netlink batch and one fdatasync.
@@ -539,6 +539,40 @@ impl Daemon {
                 "compacting the state file {} failed: {e}",
                 self.settings.state_file.display()
             ),
+        }
+    }
+
+    /// Makes sure the core knows which host sent an IPv6 request that came in on an
+    /// internal interface before the request is handled. The kernel hands a frame to the
+    /// IPv6 stack before the tap (per-namespace packet taps come last), so the datagram
+    /// can be read a moment before its frame: wait for it, at most 2 ms (then the host
+    /// counts by its address).
+    fn learn_host_of(&mut self, ingress: &natwarden_core::Ingress) {
+        let internal = self
+            .settings
+            .policy
+            .internal
+            .iter()
+            .any(|i| i.is_present() && i.index == ingress.interface);
+        let Some(fd) = self
+            .link_tap
+            .as_ref()
+            .map(LinkTap::raw_fd)
+            .filter(|_| internal)
+        else {
+            return;
+        };
+        let source = ingress.source.ip();
+        let deadline = Instant::now() + Duration::from_millis(2);
+        loop {
+            self.learn_hosts();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.gateway.knows_host(source) || left.is_zero() {
+                return;
+            }
+            if poll_readable([fd], Some(left)).is_err() {
+                return;
+            }
         }
     }
 

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use crate::sys;
 
@@ -59,6 +59,10 @@ impl LinkTap {
         )?;
         // Frames queued before the filter was attached are read (and checked) as usual.
         Ok(LinkTap { fd, port })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 
     /// Reads every waiting frame: `f(interface, source address, link-layer source)` for

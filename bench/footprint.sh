@@ -54,30 +54,8 @@ fi
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 anon() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status"; }
 
-lab_up() {
-  prefixes+=("$1")
-  LAB_WAN_NET=$wan_net bash "$repo/lab/netns.sh" up "$1" >/dev/null
-  ip -n "$1-lan" route add local "$sources" dev lo
-}
-lab_down() { bash "$repo/lab/netns.sh" down "$1" >/dev/null 2>&1 || true; }
-
-start_natwarden() { # PREFIX DIR BINARY -> pid
-  local p=$1 dir=$2 bin=$3
-  sed -e "s#^max_per_client = [0-9]*#max_per_client = 65535#" \
-    -e "s#^requests_per_second_per_client = [0-9]*#requests_per_second_per_client = 0#" \
-    -e "s#^file = .*#file = \"$dir/state.json\"#" \
-    -e "s#^socket = .*#socket = \"$dir/control.sock\"#" \
-    "$repo/examples/natwarden.toml" >"$dir/natwarden.toml"
-  ip netns exec "$p-gw" "$bin" serve --config "$dir/natwarden.toml" >/dev/null 2>"$dir/natwarden.log" &
-  local pid=$!
-  for _ in $(seq 1 50); do
-    grep -q "serving NAT-PMP" "$dir/natwarden.log" && { echo "$pid"; return 0; }
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  cat "$dir/natwarden.log" >&2
-  die "natwarden did not start"
-}
+# lab_up, lab_down, start_natwarden
+. "$repo/bench/lab.sh"
 
 stop() { # PID
   kill -TERM "$1" 2>/dev/null || true

@@ -103,39 +103,8 @@ run_loadgen() {
   echo "$out"
 }
 
-lab_up() {
-  prefixes+=("$1")
-  LAB_WAN_NET=$wan_net bash "$repo/lab/netns.sh" up "$1" >&2
-  # AnyIP: every address of the range is local on the LAN host and answers ARP, so one
-  # host stands for 126 clients (the gateway's replies come back to each of them).
-  ip -n "$1-lan" route add local "$sources" dev lo
-}
-
-start_natwarden() { # PREFIX DIR -> pid on stdout
-  local p=$1 dir=$2
-  # The example config, with limits out of the way of a load test: no per-client rate
-  # limit, a quota above the ~410 mappings each source makes, state and control here.
-  sed -e "s#^max_per_client = [0-9]*#max_per_client = 65535#" \
-    -e "s#^requests_per_second_per_client = [0-9]*#requests_per_second_per_client = 0#" \
-    -e "s#^file = .*#file = \"$dir/state.json\"#" \
-    -e "s#^socket = .*#socket = \"$dir/control.sock\"#" \
-    "$repo/examples/natwarden.toml" >"$dir/natwarden.toml"
-  for want in "max_per_client = 65535" "requests_per_second_per_client = 0" \
-    "file = \"$dir/state.json\"" "socket = \"$dir/control.sock\""; do
-    grep -q "^$want" "$dir/natwarden.toml" || die "bench config: could not set \`$want\` in examples/natwarden.toml"
-  done
-  ip netns exec "$p-gw" "$nw_bin" check-config --config "$dir/natwarden.toml" >&2
-  # stdout too: this runs inside $(...), which would otherwise wait for the daemon.
-  ip netns exec "$p-gw" "$nw_bin" serve --config "$dir/natwarden.toml" >/dev/null 2>"$dir/natwarden.log" &
-  local pid=$!
-  for _ in $(seq 1 50); do
-    grep -q "serving NAT-PMP" "$dir/natwarden.log" && { echo "$pid"; return 0; }
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  cat "$dir/natwarden.log" >&2
-  die "natwarden did not start"
-}
+# lab_up, lab_down, start_natwarden
+. "$repo/bench/lab.sh"
 
 # lab/miniupnpd.sh with the config's usual 120 s minimum lifetime: its own nftables
 # tables, NAT-PMP/PCP on br-lan only, no UPnP IGD, secure mode, the same permission
@@ -161,7 +130,7 @@ bench() {
   mkdir -p "$dir"
   say "$name: lab $p (WAN $wan_net.0/24), daemon, ${sizes[*]} mappings"
   lab_up "$p"
-  pid=$("start_$name" "$p" "$dir")
+  pid=$("start_$name" "$p" "$dir" "$nw_bin")
   pids+=("$pid")
   sleep "$idle_wait"
   local mem_idle mem_2500=null have=0 stopped=null steps=() size load

@@ -140,15 +140,6 @@ impl Slots {
             _ => Attribution::Stray,
         }
     }
-
-    /// Ports currently held (for progress and tests).
-    pub fn held(&self, now: Instant) -> usize {
-        self.slots
-            .iter()
-            .flatten()
-            .filter(|s| s.until.is_none_or(|u| u > now))
-            .count()
-    }
 }
 
 #[cfg(test)]
